@@ -1,0 +1,77 @@
+"""The `edge-mnv1` command line: one verb a module under edge_mnv1/verbs/.
+
+Each verb module has `HELP`, `add_arguments(parser)` and `run(args) -> dict`. The dict is the
+--json object (printed alone on stdout); without --json its "text" entry (or the dict itself)
+is printed for humans. A result with "passed": False exits 1; errors from edge_mnv1.errors
+exit with their own code and a message instead of a traceback.
+"""
+
+import argparse
+import importlib
+import json
+import sys
+
+from .errors import EdgeError
+
+VERBS = ["info", "train", "export", "quantize", "tune", "compile", "emulate", "deploy", "run",
+         "parity", "bench", "profile", "demo"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-mnv1",
+        description="MobileNetV1 from PyTorch to edge devices with Apache TVM: train, export, "
+                    "tune, compile, deploy (local | ssh | serial), and check parity and speed "
+                    "on the device.",
+        epilog="Every verb takes --json (one JSON object on stdout). Exit codes: 0 ok, "
+               "1 a check or a device failed, 2 bad usage or bad input.")
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    for verb in VERBS:
+        try:
+            mod = importlib.import_module(f"edge_mnv1.verbs.{verb}")
+        except ModuleNotFoundError as e:
+            if e.name != f"edge_mnv1.verbs.{verb}":
+                raise
+            continue  # a verb whose module is not written yet is not offered
+        sp = sub.add_parser(verb, help=mod.HELP, description=mod.HELP)
+        sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        mod.add_arguments(sp)
+        sp.set_defaults(_run=mod.run)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "verb", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args._run(args)
+    except EdgeError as e:
+        print(f"edge-mnv1 {args.verb}: error: {e}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": str(e), "exit_code": e.exit_code}))
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"edge-mnv1 {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    result = result or {}
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "text"}, default=_jsonable))
+    elif "text" in result:
+        print(result["text"])
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+    return 1 if result.get("passed") is False else 0
+
+
+def _jsonable(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
