@@ -1,0 +1,51 @@
+"""Artifact -> device program: runs CMake with the target's toolchain (no TVM here)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from .errors import UsageError
+from .targets import Target
+
+REPO = Path(__file__).resolve().parent.parent
+RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
+
+
+def cmake_args(target: Target, artifact: Path, sanitize: str = "") -> list[str]:
+    args = [f"-DEM_ARTIFACT={artifact}", f"-DEM_RUNTIME_DIR={RUNTIME_DIR}",
+            f"-DEM_PLATFORM={'mcu' if target.is_mcu else 'linux'}",
+            f"-DEM_STATIC={'ON' if target.build.get('static') else 'OFF'}",
+            f"-DEM_THREADS={target.threads}", "-DCMAKE_BUILD_TYPE=Release"]
+    tc = target.toolchain_file()
+    if tc:
+        args.append(f"-DCMAKE_TOOLCHAIN_FILE={tc}")
+    if target.build.get("cflags"):
+        args.append(f"-DEM_EXTRA_CFLAGS={';'.join(target.build['cflags'])}")
+    if sanitize:
+        args.append(f"-DEM_SANITIZE={sanitize}")
+    return args
+
+
+def build_program(target: Target, artifact: Path, build_dir: Path | None = None,
+                  sanitize: str = "") -> Path:
+    """Configures and builds; returns the program (Linux) or firmware image (MCU)."""
+    if not shutil.which("cmake"):
+        raise UsageError("cmake is not installed; run ./scripts/setup.sh")
+    artifact = Path(artifact).resolve()
+    build_dir = Path(build_dir or artifact / "build").resolve()
+    if build_dir.exists():
+        shutil.rmtree(build_dir)  # a build dir from another toolchain would poison the cache
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    # A sanitizer build goes into its build dir, never over the artifact's own program.
+    out_dir = build_dir if sanitize else artifact
+    configure = ["cmake", "-S", str(REPO), "-B", str(build_dir), *gen,
+                 *cmake_args(target, artifact, sanitize), f"-DEM_OUTPUT_DIR={out_dir}"]
+    for cmd in (configure, ["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)]):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise UsageError(f"building the device program failed ({' '.join(cmd[:2])} ...):\n"
+                             f"{(r.stdout + r.stderr)[-3000:]}")
+    return out_dir / ("firmware.elf" if target.is_mcu else "program")

@@ -1,0 +1,243 @@
+/* The device side of docs/protocol.md. Every length is checked against the static frame
+ * buffer before a byte of payload is stored; a bad frame gets an error reply and the loop
+ * keeps serving. */
+#include "em_protocol.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "em_model.h"
+#include "em_platform.h"
+#include "em_runtime.h"
+
+#define EM_MAX_BENCH_RUNS 10000u
+#define EM_MAX_PROFILE_RUNS 1000u
+
+static uint32_t g_requests;
+
+uint32_t em_crc32(uint32_t crc, const uint8_t* data, size_t len) {
+  /* Bitwise IEEE CRC-32 (zlib's): no table, so it costs no flash on an MCU. */
+  crc = ~crc;
+  for (size_t i = 0; i < len; ++i) {
+    crc ^= data[i];
+    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+  }
+  return ~crc;
+}
+
+static void put_u16(uint8_t* p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static void put_u32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put_u64(uint8_t* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t get_u32(const uint8_t* p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* A reply is written in pieces (header, up to two payload parts, CRC) so that no second
+ * buffer is needed: an output tensor goes out straight from the arena. */
+static void send_reply2(uint8_t type, uint16_t seq, const uint8_t* a, uint32_t alen,
+                        const uint8_t* b, uint32_t blen) {
+  uint8_t h[EM_HEADER_BYTES];
+  h[0] = EM_MAGIC0; h[1] = EM_MAGIC1; h[2] = EM_PROTOCOL_VERSION; h[3] = type;
+  put_u16(h + 4, seq);
+  put_u16(h + 6, 0);
+  put_u32(h + 8, alen + blen);
+  put_u32(h + 12, em_crc32(0, h, 12));
+  em_platform_write(h, sizeof h);
+  uint32_t crc = 0;
+  if (alen) { em_platform_write(a, alen); crc = em_crc32(crc, a, alen); }
+  if (blen) { em_platform_write(b, blen); crc = em_crc32(crc, b, blen); }
+  uint8_t c[4];
+  put_u32(c, crc);
+  em_platform_write(c, 4);
+  em_platform_flush();
+}
+
+static void send_reply(uint8_t type, uint16_t seq, const uint8_t* p, uint32_t len) {
+  send_reply2(type, seq, p, len, NULL, 0);
+}
+
+static void send_error(uint16_t seq, uint16_t code, const char* msg) {
+  uint8_t c[2];
+  put_u16(c, code);
+  send_reply2(EM_MSG_ERROR, seq, c, 2, (const uint8_t*)msg, (uint32_t)strlen(msg));
+}
+
+static int read_exact(uint8_t* buf, size_t len) {
+  while (len) {
+    size_t n = em_platform_read(buf, len);
+    if (n == 0) return 0;
+    buf += n;
+    len -= n;
+  }
+  return 1;
+}
+
+/* Reads and throws away n bytes so that the stream stays in step after a refused frame. */
+static int drain(uint32_t n) {
+  uint8_t sink[64];
+  while (n) {
+    uint32_t k = n < sizeof sink ? n : (uint32_t)sizeof sink;
+    if (!read_exact(sink, k)) return 0;
+    n -= k;
+  }
+  return 1;
+}
+
+static void handle_hello(uint16_t seq) {
+  /* The static JSON from the compiler ends in "}"; the runtime appends its live fields. */
+  char tail[96];
+  const char* j = em_model.hello_json;
+  size_t n = strlen(j);
+  int k = snprintf(tail, sizeof tail, ",\"tick_unit\":\"%s\",\"requests\":%lu}",
+                   em_platform_tick_unit(), (unsigned long)g_requests);
+  send_reply2(EM_MSG_HELLO | EM_MSG_REPLY, seq, (const uint8_t*)j, (uint32_t)(n - 1),
+              (const uint8_t*)tail, (uint32_t)k);
+}
+
+static void handle_infer(uint16_t seq, const uint8_t* payload, uint32_t len) {
+  if (len != em_model.input_bytes) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "input has %lu bytes; the model takes %lu",
+             (unsigned long)len, (unsigned long)em_model.input_bytes);
+    send_error(seq, EM_ERR_BAD_LENGTH, msg);
+    return;
+  }
+  memcpy(em_model.input->data, payload, len);
+  if (em_run() != 0) {
+    send_error(seq, EM_ERR_KERNEL_FAILED, em_last_error());
+    return;
+  }
+  send_reply(EM_MSG_INFER | EM_MSG_REPLY, seq, (const uint8_t*)em_model.output->data,
+             em_model.output_bytes);
+}
+
+static uint32_t runs_argument(uint16_t seq, const uint8_t* payload, uint32_t len, uint32_t max) {
+  uint32_t runs = len == 4 ? get_u32(payload) : 0;
+  if (runs == 0 || runs > max) {
+    char msg[80];
+    snprintf(msg, sizeof msg, "expected a u32 run count from 1 to %lu", (unsigned long)max);
+    send_error(seq, EM_ERR_BAD_ARGUMENT, msg);
+    return 0;
+  }
+  return runs;
+}
+
+static void handle_bench(uint16_t seq, const uint8_t* payload, uint32_t len) {
+  uint32_t cap = (em_model.max_payload - 4) / 8;
+  uint32_t runs = runs_argument(seq, payload, len, cap < EM_MAX_BENCH_RUNS ? cap : EM_MAX_BENCH_RUNS);
+  if (!runs) return;
+  /* The timings go into the frame buffer: the request payload has been read already. */
+  uint8_t* out = em_model.frame_buffer;
+  put_u32(out, runs);
+  for (uint32_t i = 0; i < runs; ++i) {
+    uint64_t t0 = em_platform_ticks();
+    if (em_run() != 0) {
+      send_error(seq, EM_ERR_KERNEL_FAILED, em_last_error());
+      return;
+    }
+    put_u64(out + 4 + 8 * i, em_platform_ticks() - t0);
+  }
+  send_reply(EM_MSG_BENCH | EM_MSG_REPLY, seq, out, 4 + 8 * runs);
+}
+
+static void handle_profile(uint16_t seq, const uint8_t* payload, uint32_t len) {
+  uint32_t runs = runs_argument(seq, payload, len, EM_MAX_PROFILE_RUNS);
+  if (!runs) return;
+  uint32_t n = em_model.num_calls;
+  if (4 + 8 * n > em_model.max_payload) {
+    send_error(seq, EM_ERR_TOO_LARGE, "too many kernels for the frame buffer");
+    return;
+  }
+  /* Sum per call in place, in the frame buffer, as u64 little-endian after 4 bytes. */
+  uint64_t* acc = (uint64_t*)(void*)(em_model.frame_buffer + 8);
+  memset(acc, 0, 8 * (size_t)n);
+  for (uint32_t r = 0; r < runs; ++r) {
+    if (em_run_profiled(acc) != 0) {
+      send_error(seq, EM_ERR_KERNEL_FAILED, em_last_error());
+      return;
+    }
+  }
+  uint8_t* out = em_model.frame_buffer + 4;
+  put_u32(out, n);
+  for (uint32_t i = 0; i < n; ++i) {
+    uint64_t v = acc[i];
+    put_u64(out + 4 + 8 * i, v);
+  }
+  send_reply(EM_MSG_PROFILE | EM_MSG_REPLY, seq, out, 4 + 8 * n);
+}
+
+static void handle_selftest(uint16_t seq) {
+  em_selftest_result_t r = em_selftest();
+  char msg[128];
+  int k = snprintf(msg, sizeof msg, "{\"passed\":%s,\"max_abs_error\":%.9g,\"cases\":%lu}",
+                   r.passed ? "true" : "false", r.max_abs_error, (unsigned long)r.cases);
+  send_reply(EM_MSG_SELFTEST | EM_MSG_REPLY, seq, (const uint8_t*)msg, (uint32_t)k);
+}
+
+int em_serve_one(void) {
+  uint8_t h[EM_HEADER_BYTES];
+  /* 1. Find the magic; anything before it is not ours. */
+  if (!read_exact(h, 1)) return 0;
+  if (h[0] != EM_MAGIC0) return 1;
+  for (;;) { /* a run of 0xED may precede the real magic */
+    if (!read_exact(h + 1, 1)) return 0;
+    if (h[1] == EM_MAGIC1) break;
+    if (h[1] != EM_MAGIC0) return 1;
+  }
+  if (!read_exact(h + 2, EM_HEADER_BYTES - 2)) return 0;
+  uint16_t seq = (uint16_t)(h[4] | h[5] << 8);
+  /* 2. Trust nothing in the header until its own CRC matches. */
+  if (get_u32(h + 12) != em_crc32(0, h, 12)) {
+    send_error(seq, EM_ERR_BAD_CRC, "header CRC mismatch; frame dropped");
+    return 1;
+  }
+  uint32_t len = get_u32(h + 8);
+  uint8_t type = h[3];
+  ++g_requests;
+  if (h[2] != EM_PROTOCOL_VERSION) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "protocol version %u not spoken; this device speaks %u",
+             h[2], EM_PROTOCOL_VERSION);
+    if (len <= em_model.max_payload + 4u && !drain(len + 4)) return 0;
+    send_error(seq, EM_ERR_BAD_VERSION, msg);
+    return 1;
+  }
+  /* 3. A length is checked before anything is stored. */
+  if (len > em_model.max_payload) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "payload of %lu bytes exceeds the frame buffer of %lu",
+             (unsigned long)len, (unsigned long)em_model.max_payload);
+    if (!drain(len + 4)) return 0;
+    send_error(seq, EM_ERR_TOO_LARGE, msg);
+    return 1;
+  }
+  uint8_t* payload = em_model.frame_buffer;
+  uint8_t c[4];
+  if (!read_exact(payload, len) || !read_exact(c, 4)) return 0;
+  if (get_u32(c) != em_crc32(0, payload, len)) {
+    send_error(seq, EM_ERR_BAD_CRC, "payload CRC mismatch; request not run");
+    return 1;
+  }
+  switch (type) {
+    case EM_MSG_HELLO: handle_hello(seq); break;
+    case EM_MSG_INFER: handle_infer(seq, payload, len); break;
+    case EM_MSG_BENCH: handle_bench(seq, payload, len); break;
+    case EM_MSG_PROFILE: handle_profile(seq, payload, len); break;
+    case EM_MSG_SELFTEST: handle_selftest(seq); break;
+    default: {
+      char msg[48];
+      snprintf(msg, sizeof msg, "unknown message type 0x%02x", type);
+      send_error(seq, EM_ERR_UNKNOWN_TYPE, msg);
+    }
+  }
+  return 1;
+}
+
+void em_serve(void) {
+  while (em_serve_one()) {
+  }
+}

@@ -1,0 +1,47 @@
+/* The device side of docs/protocol.md: read frames, answer them, never trust a length. */
+#ifndef EM_PROTOCOL_H_
+#define EM_PROTOCOL_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define EM_PROTOCOL_VERSION 1
+#define EM_MAGIC0 0xED
+#define EM_MAGIC1 0x4E
+#define EM_HEADER_BYTES 16
+
+enum {
+  EM_MSG_HELLO = 0x01,
+  EM_MSG_INFER = 0x02,
+  EM_MSG_BENCH = 0x03,
+  EM_MSG_PROFILE = 0x04,
+  EM_MSG_SELFTEST = 0x05,
+  EM_MSG_REPLY = 0x80, /* reply type = request type | EM_MSG_REPLY */
+  EM_MSG_ERROR = 0x7F,
+};
+
+enum {
+  EM_ERR_BAD_CRC = 1,
+  EM_ERR_TOO_LARGE = 2,
+  EM_ERR_BAD_VERSION = 3,
+  EM_ERR_UNKNOWN_TYPE = 4,
+  EM_ERR_BAD_LENGTH = 5,
+  EM_ERR_KERNEL_FAILED = 6,
+  EM_ERR_BAD_ARGUMENT = 7,
+};
+
+uint32_t em_crc32(uint32_t crc, const uint8_t* data, size_t len);
+
+/* Serves requests until the link reaches end of stream. */
+void em_serve(void);
+/* Reads and answers one frame; returns 0 at end of stream, 1 otherwise. */
+int em_serve_one(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EM_PROTOCOL_H_ */

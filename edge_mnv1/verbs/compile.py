@@ -1,0 +1,59 @@
+"""edge-mnv1 compile MODEL.onnx --target T -o DIR"""
+
+import time
+from pathlib import Path
+
+from .. import log
+
+HELP = ("compile an ONNX model for a target into an artifact (kernels, static memory plan, "
+        "weights, manifest) and build its device program")
+
+
+def add_arguments(p):
+    p.add_argument("model", metavar="MODEL.onnx", help="model written by `edge-mnv1 export`")
+    p.add_argument("--target", "-t", required=True,
+                   help="target name (a file under targets/) or a path to a target .toml")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="artifact directory")
+    p.add_argument("--untuned", action="store_true",
+                   help="ignore tuning records (to compare against the tuned build)")
+    p.add_argument("--emit", choices=["llvm", "c"], default=None,
+                   help="kernels as an LLVM object file or as C for the target's compiler "
+                        "(default: the target file's choice)")
+    p.add_argument("--no-build", action="store_true", help="write the artifact only")
+
+
+def run(args) -> dict:
+    from ..compiler.driver import compile_artifact, finish_manifest
+    from ..program import build_program
+    from ..targets import load_target
+    from .. import budget
+
+    t0 = time.time()
+    target = load_target(args.target)
+    out = Path(args.output)
+    m = compile_artifact(args.model, target, out, use_records=not args.untuned,
+                         emit_kind=args.emit)
+    report = budget.check(target, out, m)  # refuses (exit 1) before building if it cannot fit
+    program = None
+    if not args.no_build:
+        log.info(f"compile: building the device program with CMake for {target.name}")
+        program = build_program(target, out)
+        report = budget.check(target, out, m, program)
+    m = finish_manifest(out, {"compile_seconds": round(time.time() - t0, 1), "budget": report})
+    mem = m["memory"]
+    text = (f"artifact {out} for {target.name}: {len(m['kernels'])} kernel calls, "
+            f"{m['total_macs'] / 1e6:.2f}M MACs\n"
+            f"  arena {mem['arena_bytes']:,} B (liveness bound {mem['liveness_lower_bound']:,} B, "
+            f"sum of all tensors {mem['sum_of_activations']:,} B), workspace "
+            f"{mem['workspace_bytes_per_thread']:,} B x {mem['workspace_threads']}, weights "
+            f"{mem['weight_bytes']:,} B\n"
+            f"  tuning records applied to {len(m['tuning']['applied'])} kernels, "
+            f"{len(m['tuning']['untuned'])} untuned\n"
+            + (budget.describe(report) + "\n" if report else "")
+            + (f"  program: {program}" if program else "  (not built: --no-build)"))
+    return {"artifact": str(out), "target": target.name, "program": str(program) if program else None,
+            "arena_bytes": mem["arena_bytes"], "liveness_lower_bound": mem["liveness_lower_bound"],
+            "weight_bytes": mem["weight_bytes"], "workspace_bytes": mem["workspace_bytes_per_thread"],
+            "kernels": len(m["kernels"]), "macs": m["total_macs"],
+            "tuning_applied": len(m["tuning"]["applied"]), "budget": report,
+            "compile_seconds": m["compile_seconds"], "text": text}
