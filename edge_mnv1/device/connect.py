@@ -1,0 +1,92 @@
+"""A device URL -> a connected protocol client.
+
+    local                         this machine (under the target's emulator if needed)
+    ssh://user@host[:port][/dir]  the system OpenSSH client (device/ssh.py)
+    serial:///dev/ttyACM0?baud=N, socket://host:port, rfc2217://host:port   pyserial
+    emulated                      start the target's emulated device for this command
+
+Each scheme's module has `open(url, artifact, manifest, target) -> (transport, cleanup)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..errors import DeviceError, UsageError
+from ..targets import load_target
+from .artifact import load_manifest
+from .protocol import Client
+
+SCHEMES = {"local": "local", "ssh": "ssh", "serial": "serial_link", "socket": "serial_link",
+           "rfc2217": "serial_link", "emulated": "emulated"}
+
+
+def scheme_of(url: str) -> str:
+    if url in ("local", "emulated"):
+        return url
+    scheme = urlsplit(url).scheme
+    if scheme not in SCHEMES:
+        raise UsageError(f"device {url!r}: unknown kind of device; use local, emulated, "
+                         "ssh://user@host[:port][/dir], serial:///dev/ttyX?baud=N, "
+                         "socket://host:port or rfc2217://host:port")
+    return scheme
+
+
+class Device:
+    """A connected device: its URL, its protocol client, and what to stop afterwards."""
+
+    def __init__(self, url: str, client: Client, stack: contextlib.ExitStack):
+        self.url = url
+        self.client = client
+        self._stack = stack
+        self.hello = None
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def check_hello(hello: dict, manifest: dict, url: str) -> None:
+    """The device must run this artifact's model, with the shapes the manifest promises."""
+    want = {"model": manifest["model"]["key"], "target": manifest["target"],
+            "input": manifest["input"]["shape"], "output": manifest["output"]["shape"]}
+    got = {"model": hello.get("model"), "target": hello.get("target"),
+           "input": hello.get("input", {}).get("shape"), "output": hello.get("output", {}).get("shape")}
+    if want != got:
+        raise DeviceError(f"{url}: the device runs {got}, the artifact is {want}; "
+                          "deploy this artifact to it (edge-mnv1 deploy)")
+
+
+def open_device(url: str, artifact: str | Path, manifest: dict | None = None,
+                timeout: float = 120.0, retries: int = 2) -> Device:
+    artifact = Path(artifact)
+    manifest = manifest or load_manifest(artifact)
+    target = load_target(manifest["target"])
+    scheme = scheme_of(url)
+    stack = contextlib.ExitStack()
+    try:
+        if scheme == "local":
+            from .local import open_local
+            transport = open_local(artifact, manifest,
+                                   (target.emulator or {}).get("command"),
+                                   (target.emulator or {}).get("env"))
+        else:
+            mod = importlib.import_module(f"edge_mnv1.device.{SCHEMES[scheme]}")
+            transport = mod.open(url, artifact, manifest, target, stack)
+        stack.callback(transport.close)
+        client = Client(transport, timeout=timeout, retries=retries)
+        dev = Device(url, client, stack)
+        dev.hello = client.hello()
+        check_hello(dev.hello, manifest, url)
+        return dev
+    except BaseException:
+        stack.close()
+        raise

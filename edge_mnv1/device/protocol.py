@@ -1,0 +1,238 @@
+"""The host side of docs/protocol.md: frame codec and the request/response client.
+
+A transport is a byte pipe (local subprocess, ssh, serial). Nothing here trusts a length
+before the header's own CRC has matched and the length is within the limit, and every
+malformed reply becomes a ProtocolError, never another exception.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import zlib
+
+import numpy as np
+
+from .. import log
+from ..errors import DeviceError, UsageError
+
+VERSION = 1
+MAGIC = b"\xedN"
+HEADER = struct.Struct("<2sBBHHII")   # magic, version, type, seq, reserved, length, header crc
+HELLO, INFER, BENCH, PROFILE, SELFTEST, ERROR, REPLY = 0x01, 0x02, 0x03, 0x04, 0x05, 0x7F, 0x80
+ERROR_NAMES = {1: "BAD_CRC", 2: "TOO_LARGE", 3: "BAD_VERSION", 4: "UNKNOWN_TYPE",
+               5: "BAD_LENGTH", 6: "KERNEL_FAILED", 7: "BAD_ARGUMENT"}
+DEFAULT_MAX_REPLY = 1 << 24  # until hello has told us the device's frame size
+
+
+class ProtocolError(DeviceError):
+    """A reply that is not a well-formed frame of this protocol."""
+
+
+class RemoteError(DeviceError):
+    """The device answered with an error frame."""
+
+    def __init__(self, code: int, message: str):
+        self.code, self.message = code, message
+        super().__init__(f"device error {ERROR_NAMES.get(code, code)}: {message}")
+
+
+def encode_frame(msg_type: int, seq: int, payload: bytes = b"", version: int = VERSION) -> bytes:
+    head = struct.pack("<2sBBHHI", MAGIC, version, msg_type, seq & 0xFFFF, 0, len(payload))
+    return (head + struct.pack("<I", zlib.crc32(head)) + payload
+            + struct.pack("<I", zlib.crc32(payload)))
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes, take whole frames. Bytes that are not a frame (a
+    boot line, line noise) are skipped and kept in `skipped` for the log."""
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_REPLY):
+        self.buf = bytearray()
+        self.max_payload = max_payload
+        self.skipped = bytearray()
+        self.bad_frames = 0
+
+    def feed(self, data: bytes) -> None:
+        self.buf.extend(data)
+
+    def next_frame(self):
+        """(type, seq, payload) or None if no whole frame is buffered yet."""
+        while True:
+            i = self.buf.find(MAGIC)
+            if i < 0:
+                keep = 1 if self.buf[-1:] == MAGIC[:1] else 0
+                self.skipped.extend(self.buf[:len(self.buf) - keep])
+                del self.buf[:len(self.buf) - keep]
+                return None
+            if i:
+                self.skipped.extend(self.buf[:i])
+                del self.buf[:i]
+            if len(self.buf) < HEADER.size:
+                return None
+            magic, version, mtype, seq, _res, length, hcrc = HEADER.unpack_from(self.buf)
+            if zlib.crc32(bytes(self.buf[:12])) != hcrc or length > self.max_payload:
+                # Not a trustworthy header: drop one byte and look for the next magic.
+                self.bad_frames += 1
+                self.skipped.extend(self.buf[:1])
+                del self.buf[:1]
+                continue
+            total = HEADER.size + length + 4
+            if len(self.buf) < total:
+                return None
+            payload = bytes(self.buf[HEADER.size:HEADER.size + length])
+            (pcrc,) = struct.unpack_from("<I", self.buf, HEADER.size + length)
+            if zlib.crc32(payload) != pcrc:
+                self.bad_frames += 1
+                self.skipped.extend(self.buf[:1])
+                del self.buf[:1]
+                continue
+            del self.buf[:total]
+            if version != VERSION:
+                raise ProtocolError(f"the device speaks protocol version {version}; this host "
+                                    f"speaks {VERSION}: rebuild the program with this edge_mnv1")
+            return mtype, seq, payload
+
+    def take_skipped(self) -> bytes:
+        out = bytes(self.skipped)
+        self.skipped.clear()
+        return out
+
+
+class Client:
+    """Requests with sequence numbers, timeouts and retries over any transport."""
+
+    def __init__(self, transport, timeout: float = 60.0, retries: int = 2):
+        self.transport = transport
+        self.timeout = timeout
+        self.retries = retries
+        self.decoder = FrameDecoder()
+        self.seq = 0
+        self.info: dict | None = None
+        self.retried = 0
+        self.text_lines: list[str] = []
+
+    # -- plumbing --------------------------------------------------------------------
+    def _read_frame(self, deadline: float):
+        while True:
+            frame = self.decoder.next_frame()
+            skipped = self.decoder.take_skipped()
+            if skipped:
+                self._note_text(skipped)
+            if frame is not None:
+                return frame
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.decoder.feed(self.transport.read(65536, min(left, 1.0)))
+
+    def _note_text(self, data: bytes) -> None:
+        text = data.decode("utf-8", "replace")
+        for line in text.splitlines():
+            if line.strip():
+                self.text_lines.append(line.strip())
+                log.info(f"device: {line.strip()[:200]}")
+
+    def request(self, msg_type: int, payload: bytes = b"", timeout: float | None = None) -> bytes:
+        self.seq = (self.seq + 1) & 0xFFFF
+        seq = self.seq
+        frame = encode_frame(msg_type, seq, payload)
+        timeout = timeout or self.timeout
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.retried += 1
+                log.info(f"protocol: no valid reply to request {seq} (type {msg_type:#x}); "
+                         f"retry {attempt} of {self.retries}")
+            self.transport.write(frame)
+            deadline = time.monotonic() + timeout
+            while True:
+                got = self._read_frame(deadline)
+                if got is None:
+                    break  # timed out: resend the same request
+                mtype, rseq, body = got
+                if rseq != seq:
+                    continue  # a late reply to an earlier request: never accept it for this one
+                if mtype == ERROR:
+                    code, message = _parse_error(body)
+                    if code == 1 and attempt < self.retries:  # the device saw a corrupt request
+                        break
+                    raise RemoteError(code, message)
+                if mtype != (msg_type | REPLY):
+                    raise ProtocolError(f"reply type {mtype:#x} to a request of type {msg_type:#x}")
+                return body
+        raise DeviceError(f"no valid reply from {self.transport.description} after "
+                          f"{self.retries + 1} attempts of {timeout:.0f} s; check that the device "
+                          "runs this artifact's program and that the link is up")
+
+    # -- messages --------------------------------------------------------------------
+    def hello(self) -> dict:
+        body = self.request(HELLO)
+        try:
+            info = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ProtocolError(f"hello reply is not JSON ({e})") from None
+        if not isinstance(info, dict) or info.get("protocol") != VERSION:
+            raise ProtocolError(f"device speaks protocol {info.get('protocol') if isinstance(info, dict) else '?'}"
+                                f", this host speaks {VERSION}; rebuild the device program")
+        for key in ("input", "output", "max_payload"):
+            if key not in info:
+                raise ProtocolError(f"hello reply lacks {key!r}")
+        self.decoder.max_payload = max(int(info["max_payload"]), 4096) + 64
+        self.info = info
+        return info
+
+    def _require_info(self) -> dict:
+        return self.info or self.hello()
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        info = self._require_info()
+        want_shape = tuple(info["input"]["shape"])
+        want_dtype = np.dtype(info["input"]["dtype"])
+        x = np.asarray(x)
+        if x.shape != want_shape:
+            if x.shape == want_shape[1:]:
+                x = x[None]
+            else:
+                raise UsageError(f"input shape {x.shape} does not match the model's "
+                                 f"{want_shape}; resize or reshape the input")
+        if x.dtype != want_dtype:
+            raise UsageError(f"input dtype {x.dtype} does not match the model's {want_dtype}; "
+                             f"convert it (e.g. x.astype('{want_dtype}'))")
+        body = self.request(INFER, np.ascontiguousarray(x).tobytes())
+        out = info["output"]
+        if len(body) != int(out["bytes"]):
+            raise ProtocolError(f"output has {len(body)} bytes, expected {out['bytes']}")
+        return np.frombuffer(body, dtype=out["dtype"]).reshape(out["shape"]).copy()
+
+    def bench(self, runs: int) -> list[int]:
+        body = self.request(BENCH, struct.pack("<I", runs), timeout=self.timeout * max(1, runs / 10))
+        if len(body) < 4:
+            raise ProtocolError("bench reply too short")
+        (n,) = struct.unpack_from("<I", body)
+        if n != runs or len(body) != 4 + 8 * n:
+            raise ProtocolError(f"bench reply holds {n} runs in {len(body)} bytes; asked {runs}")
+        return list(struct.unpack_from(f"<{n}Q", body, 4))
+
+    def profile(self, runs: int = 1) -> list[int]:
+        body = self.request(PROFILE, struct.pack("<I", runs), timeout=self.timeout * max(1, runs))
+        if len(body) < 4:
+            raise ProtocolError("profile reply too short")
+        (n,) = struct.unpack_from("<I", body)
+        if len(body) != 4 + 8 * n:
+            raise ProtocolError(f"profile reply holds {n} kernels in {len(body)} bytes")
+        return list(struct.unpack_from(f"<{n}Q", body, 4))
+
+    def selftest(self) -> dict:
+        body = self.request(SELFTEST)
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ProtocolError(f"selftest reply is not JSON ({e})") from None
+
+
+def _parse_error(body: bytes) -> tuple[int, str]:
+    if len(body) < 2:
+        raise ProtocolError("error reply without a code")
+    (code,) = struct.unpack_from("<H", body)
+    return code, body[2:].decode("utf-8", "replace")
