@@ -116,6 +116,8 @@ def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path
     }
     weights_section = ".rodata.em_weights"
     emit.copy_abi_headers(out_dir)
+    # The model travels with the artifact: the host runner's ONNX Runtime reference.
+    shutil.copy(model_path, out_dir / "model.onnx")
     emit.write_blobs(out_dir, prog, gx, gy, weights_section)
     emit.write_model_c(out_dir, prog, arena_bytes=arena_bytes, workspace_bytes=ws_bytes,
                        workspace_threads=1 if target.is_mcu else threads,
