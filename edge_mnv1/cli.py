@@ -7,8 +7,10 @@ exit with their own code and a message instead of a traceback.
 """
 
 import argparse
+import contextlib
 import importlib
 import json
+import os
 import sys
 
 from .errors import EdgeError
@@ -47,7 +49,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        result = args._run(args)
+        with _stdout_to_stderr():
+            result = args._run(args)
     except EdgeError as e:
         print(f"edge-mnv1 {args.verb}: error: {e}", file=sys.stderr)
         if args.json:
@@ -65,6 +68,22 @@ def main(argv=None) -> int:
         for k, v in result.items():
             print(f"{k}: {v}")
     return 1 if result.get("passed") is False else 0
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """While a verb runs, anything written to stdout (TVM's C++ logs, print calls in
+    libraries) goes to stderr, so that stdout carries only the result."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _jsonable(o):

@@ -1,0 +1,36 @@
+"""edge-mnv1 tune MODEL.onnx --target T [--trials N] [--minutes M] [--rpc H:P | --tracker H:P --key K]"""
+
+HELP = ("auto-tune the model's kernels for a target with MetaSchedule; records are kept under "
+        "compile/tuning/ and a rerun continues where an interrupted run stopped")
+
+
+def add_arguments(p):
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("--target", "-t", required=True)
+    p.add_argument("--trials", type=int, default=500,
+                   help="total measured trials for this model and CPU, records on file included "
+                        "(default 500)")
+    p.add_argument("--minutes", type=float, default=30.0, help="time budget of this run (default 30)")
+    p.add_argument("--rpc", metavar="HOST:PORT", help="measure on a board running TVM's RPC server")
+    p.add_argument("--tracker", metavar="HOST:PORT", help="measure on boards behind a TVM RPC tracker")
+    p.add_argument("--key", help="the device key boards registered with the tracker (e.g. rpi4)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> dict:
+    from ..errors import UsageError
+    from ..targets import load_target
+
+    if args.trials < 1 or args.minutes <= 0:
+        raise UsageError("--trials must be >= 1 and --minutes > 0")
+    if args.rpc and args.tracker:
+        raise UsageError("give either --rpc or --tracker, not both")
+    from ..compiler.tune import tune
+
+    r = tune(args.model, load_target(args.target), trials=args.trials, minutes=args.minutes,
+             rpc=args.rpc, tracker=args.tracker, key=args.key, seed=args.seed)
+    r["text"] = (f"tuned {r['model_key']} for {r['cpu_key']}: {r['trials_after']} trials on record "
+                 f"({r['trials_before']} before this run; stopped by {r['stopped_by']}) in "
+                 f"{r['records_dir']}" + (f"; best estimate {r['best_estimate_ms']} ms"
+                                          if "best_estimate_ms" in r else ""))
+    return r
