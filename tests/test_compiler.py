@@ -1,0 +1,122 @@
+"""Compiling: host and rpi4 programs pass their self-test and match ONNX Runtime on real
+digits; the rpi4 program is a static aarch64 ELF; the memory plan is honest."""
+
+import json
+import subprocess
+import types
+
+import numpy as np
+import pytest
+
+from edge_mnv1 import data
+from edge_mnv1.device.connect import open_device
+
+from compiled import cli, cli_json, ort_outputs
+
+
+@pytest.fixture(scope="module")
+def artifacts(digits_onnx, tmp_path_factory):
+    root = tmp_path_factory.mktemp("compiled")
+    out = {}
+    for target in ("host", "rpi4"):
+        out[target] = (root / target, cli_json("compile", digits_onnx, "--target", target,
+                                               "-o", root / target))
+    return out
+
+
+def digits_inputs(n, resolution=64):
+    x, y, _ = data.load_dataset("digits", types.SimpleNamespace(resolution=resolution),
+                                split="test", limit=n)
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("target", ["host", "rpi4"])
+def test_program_passes_selftest(artifacts, target):
+    art, _ = artifacts[target]
+    emu = ["qemu-aarch64"] if target == "rpi4" else []
+    r = subprocess.run(emu + [str(art / "program"), "--selftest"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "selftest PASS" in r.stdout
+
+
+@pytest.mark.parametrize("target", ["host", "rpi4"])
+def test_matches_onnxruntime_on_real_digits(artifacts, digits_onnx, target):
+    art, _ = artifacts[target]
+    x, _ = digits_inputs(12)
+    ref = ort_outputs(digits_onnx, x)
+    with open_device("local", art) as dev:
+        got = np.concatenate([dev.client.infer(x[i:i + 1]) for i in range(len(x))])
+    assert np.max(np.abs(got - ref)) <= 1e-4
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    # The outputs must carry information, or this parity would prove nothing.
+    assert ref.std(axis=0).mean() > 1e-2 * np.abs(ref).mean()
+
+
+def test_rpi4_program_is_static_aarch64(artifacts):
+    art, _ = artifacts["rpi4"]
+    head = subprocess.run(["readelf", "-h", "-l", str(art / "program")], capture_output=True,
+                          text=True).stdout
+    assert "AArch64" in head
+    assert "INTERP" not in head and "DYNAMIC" not in head  # no loader, no shared libraries
+
+
+def test_manifest_and_memory_plan(artifacts, digits_onnx):
+    art, result = artifacts["host"]
+    m = json.loads((art / "manifest.json").read_text())
+    mem = m["memory"]
+    assert mem["arena_bytes"] >= mem["liveness_lower_bound"] > 0
+    assert mem["arena_bytes"] < mem["sum_of_activations"]  # tensors do share memory
+    assert result["arena_bytes"] == mem["arena_bytes"]
+    assert m["tvm_version"].startswith("0.27")
+    assert m["format_version"] == 1 and m["target"] == "host"
+    assert set(m["files"]) >= {"model.c", "kernels.o", "weights.bin", "golden.bin", "program"}
+    # weights.bin holds every weight of the ONNX model (biases folded in by export)
+    import onnx
+    n_params = sum(int(np.prod(t.dims)) for t in onnx.load(str(digits_onnx)).graph.initializer)
+    assert m["memory"]["weight_bytes"] >= 4 * n_params
+    # MACs counted from the compiled kernels agree with the cost model
+    cfg = m["model"]["config"]
+    from edge_mnv1.model import ModelConfig, cost_summary
+    assert m["total_macs"] == cost_summary(ModelConfig.from_dict(cfg))["macs"]
+
+
+def test_bad_model_file_is_refused(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07not really onnx")
+    r = cli("compile", bad, "--target", "host", "-o", tmp_path / "out", check=False)
+    assert r.returncode == 2 and "not a valid ONNX model" in r.stderr
+    r = cli("compile", tmp_path / "missing.onnx", "--target", "host", "-o", tmp_path / "o",
+            check=False)
+    assert r.returncode == 2 and "no such ONNX file" in r.stderr
+    r = cli("compile", bad, "--target", "nosuch", "-o", tmp_path / "o", check=False)
+    assert r.returncode == 2 and "unknown target" in r.stderr
+
+
+def test_records_for_another_cpu_are_not_applied(digits_onnx, tmp_path):
+    """Records live under the CPU key; a machine with another CPU must not use them."""
+    from edge_mnv1.compiler.target import resolve
+    from edge_mnv1.targets import load_target
+
+    key = resolve(load_target("host")).cpu_key
+    assert key.startswith("host-") and key.split("-")[-1] in ("avx512", "avx2", "sse")
+    r = cli_json("compile", digits_onnx, "--target", "host", "-o", tmp_path / "a", "--no-build",
+                 "--untuned")
+    assert r["tuning_applied"] == 0
+
+
+@pytest.mark.slow
+def test_mobilenet_1_0_224_host_and_rpi4(untrained_onnx_factory, tmp_path):
+    """The paper's full network, calibrated weights: both programs match ONNX Runtime."""
+    onnx_path = untrained_onnx_factory(1.0, 224)
+    x, _ = digits_inputs(2, resolution=224)
+    ref = ort_outputs(onnx_path, x)
+    assert ref.std(axis=0).mean() > 1e-3  # calibrated: outputs vary with the input
+    for target in ("host", "rpi4"):
+        art = tmp_path / target
+        r = cli_json("compile", onnx_path, "--target", target, "-o", art)
+        assert r["macs"] == 568_740_352 + 1_024_000 or r["macs"] > 5.6e8
+        with open_device("local", art, timeout=900) as dev:
+            got = np.concatenate([dev.client.infer(x[i:i + 1]) for i in range(len(x))])
+            assert dev.client.selftest()["passed"]
+        assert np.max(np.abs(got - ref)) <= 1e-4, target

@@ -1,0 +1,181 @@
+"""The device protocol, end to end against the real Linux program, and the host decoder.
+
+Each bad frame gets an error reply and the program keeps serving; the host decoder turns
+any malformed reply into a ProtocolError and never trusts a length before its CRC."""
+
+import json
+import random
+import shutil
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from edge_mnv1.device import protocol as P
+from edge_mnv1.device.artifact import load_manifest
+from edge_mnv1.device.connect import open_device
+from edge_mnv1.errors import UsageError
+
+from compiled import cli, cli_json
+
+
+@pytest.fixture(scope="module")
+def host_artifact(digits_onnx, tmp_path_factory):
+    out = tmp_path_factory.mktemp("proto") / "host"
+    cli("compile", digits_onnx, "--target", "host", "-o", out)
+    return out
+
+
+@pytest.fixture
+def device(host_artifact):
+    with open_device("local", host_artifact, timeout=20, retries=0) as dev:
+        yield dev
+
+
+def raw_request(dev, frame: bytes):
+    """Sends raw bytes and returns the next frame (type, seq, payload)."""
+    import time
+
+    dev.client.transport.write(frame)
+    return dev.client._read_frame(time.monotonic() + 20)
+
+
+def still_serving(dev):
+    assert dev.client.hello()["protocol"] == P.VERSION
+
+
+def test_hello_describes_the_model(device, host_artifact):
+    m = load_manifest(host_artifact)
+    h = device.hello
+    assert h["input"]["shape"] == m["input"]["shape"] and h["input"]["dtype"] == "float32"
+    assert h["arena_bytes"] == m["memory"]["arena_bytes"]
+    assert h["weight_bytes"] == m["memory"]["weight_bytes"]
+    assert h["tick_unit"] == "ns"
+
+
+def test_wrong_payload_crc_gets_error_and_program_keeps_serving(device):
+    frame = bytearray(P.encode_frame(P.INFER, 77, b"\0" * 16))
+    frame[-1] ^= 0xFF
+    mtype, seq, body = raw_request(device, bytes(frame))
+    assert (mtype, seq) == (P.ERROR, 77)
+    assert struct.unpack_from("<H", body)[0] == 1 and b"CRC" in body
+    still_serving(device)
+
+
+def test_length_beyond_the_frame_buffer_is_refused_before_reading(device):
+    limit = device.hello["max_payload"]
+    head = struct.pack("<2sBBHHI", P.MAGIC, P.VERSION, P.INFER, 78, 0, limit + 1)
+    head += struct.pack("<I", zlib.crc32(head))
+    # The payload is drained (the stream stays in step), then the error comes back.
+    mtype, seq, body = raw_request(device, head + b"\1" * (limit + 1) + b"\0\0\0\0")
+    assert (mtype, seq) == (P.ERROR, 78)
+    assert struct.unpack_from("<H", body)[0] == 2 and str(limit).encode() in body
+    still_serving(device)
+
+
+def test_protocol_version_mismatch_is_an_error_reply(device):
+    mtype, seq, body = raw_request(device, P.encode_frame(P.HELLO, 79, b"", version=9))
+    assert (mtype, seq) == (P.ERROR, 79)
+    assert struct.unpack_from("<H", body)[0] == 3 and b"version 9" in body
+    still_serving(device)
+
+
+def test_corrupt_header_and_garbage_are_skipped(device):
+    frame = bytearray(P.encode_frame(P.HELLO, 80))
+    frame[9] ^= 0x40  # the length, under the header CRC
+    mtype, seq, body = raw_request(device, b"line noise \xed\xed" + bytes(frame))
+    assert mtype == P.ERROR and struct.unpack_from("<H", body)[0] == 1
+    still_serving(device)
+
+
+def test_unknown_message_type(device):
+    mtype, _, body = raw_request(device, P.encode_frame(0x42, 81))
+    assert mtype == P.ERROR and struct.unpack_from("<H", body)[0] == 4
+    still_serving(device)
+
+
+def test_wrong_input_size_and_shape_and_dtype(device):
+    mtype, _, body = raw_request(device, P.encode_frame(P.INFER, 82, b"\0" * 12))
+    assert mtype == P.ERROR and struct.unpack_from("<H", body)[0] == 5 and b"12 bytes" in body
+    shape = device.hello["input"]["shape"]
+    with pytest.raises(UsageError, match="input shape"):
+        device.client.infer(np.zeros([1, 3, 7, 7], np.float32))
+    with pytest.raises(UsageError, match="dtype float64"):
+        device.client.infer(np.zeros(shape, np.float64))
+    still_serving(device)
+
+
+def test_bench_argument_checked(device):
+    mtype, _, body = raw_request(device, P.encode_frame(P.BENCH, 83, struct.pack("<I", 0)))
+    assert mtype == P.ERROR and struct.unpack_from("<H", body)[0] == 7
+    ticks = device.client.bench(3)
+    assert len(ticks) == 3 and all(t > 0 for t in ticks)
+    prof = device.client.profile(1)
+    assert len(prof) == device.hello["kernels"] and all(t > 0 for t in prof)
+
+
+def test_selftest_over_the_protocol(device):
+    r = device.client.selftest()
+    assert r["passed"] is True and r["cases"] >= 1 and r["max_abs_error"] <= 1e-4
+
+
+def test_tampered_artifact_is_refused(host_artifact, tmp_path):
+    copy = tmp_path / "art"
+    shutil.copytree(host_artifact, copy)
+    data = bytearray((copy / "weights.bin").read_bytes())
+    data[100] ^= 1
+    (copy / "weights.bin").write_bytes(bytes(data))
+    with pytest.raises(UsageError, match="weights.bin does not match the manifest"):
+        load_manifest(copy)
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros(load_manifest(host_artifact)["input"]["shape"], np.float32))
+    r = cli("run", copy, "--device", "local", "--input", x, "-o", tmp_path / "y.npy", check=False)
+    assert r.returncode == 2 and "recompile" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- the host decoder alone ------------------------------------------------------------
+
+def test_decoder_round_trip_and_resync():
+    frames = [P.encode_frame(P.INFER | P.REPLY, i, bytes([i]) * i) for i in range(1, 6)]
+    stream = b"boot line\n" + b"".join(frames)
+    d = P.FrameDecoder()
+    got = []
+    for i in range(0, len(stream), 3):  # arrives in small pieces
+        d.feed(stream[i:i + 3])
+        while (f := d.next_frame()) is not None:
+            got.append(f)
+    assert [(s, p) for _, s, p in got] == [(i, bytes([i]) * i) for i in range(1, 6)]
+    assert b"boot line" in d.take_skipped()
+
+
+def test_decoder_never_trusts_an_unchecked_length():
+    head = struct.pack("<2sBBHHI", P.MAGIC, P.VERSION, P.HELLO | P.REPLY, 1, 0, 1 << 31)
+    d = P.FrameDecoder(max_payload=1 << 20)
+    d.feed(head + struct.pack("<I", zlib.crc32(head)))
+    assert d.next_frame() is None and d.bad_frames == 1  # refused, not waited for
+
+
+def test_decoder_fuzz_only_protocol_errors():
+    rng = random.Random(0)
+    good = P.encode_frame(P.HELLO | P.REPLY, 5, json.dumps({"protocol": 1}).encode())
+    for _ in range(3000):
+        data = bytearray(good * rng.randint(1, 3))
+        for _ in range(rng.randint(1, 8)):
+            op = rng.random()
+            i = rng.randrange(len(data))
+            if op < 0.5:
+                data[i] = rng.randrange(256)
+            elif op < 0.75:
+                del data[i:i + rng.randint(1, 8)]
+            else:
+                data[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+            if not data:
+                break
+        d = P.FrameDecoder(max_payload=4096)
+        d.feed(bytes(data))
+        try:
+            while d.next_frame() is not None:
+                pass
+        except P.ProtocolError:
+            pass
