@@ -1,0 +1,104 @@
+"""`edge-mnv1 info`: the cost model's per-layer table, or the MACs counted from an ONNX graph
+checked against the cost model for the config in its metadata."""
+
+from ..errors import UsageError
+from ..export import read_model_config
+from ..model import ModelConfig, cost_summary
+from ..onnx_cost import graph_costs, load_onnx
+
+HELP = "MACs and parameters per layer, from the configuration or from an exported ONNX model"
+DEFAULTS = dict(alpha=1.0, resolution=224, classes=1000)  # the paper's baseline network
+
+
+def add_arguments(p):
+    p.add_argument("model", nargs="?", metavar="MODEL.onnx",
+                   help="count MACs from this ONNX graph and compare with the cost model")
+    p.add_argument("--alpha", type=float, help="width multiplier in (0, 1] (default 1.0)")
+    p.add_argument("--resolution", type=int, help="input side in pixels, >= 32 (default 224)")
+    p.add_argument("--classes", type=int, help="output classes (default 1000)")
+    p.add_argument("--standard-conv", action="store_true",
+                   help="full 3x3 convs instead of depthwise separable (paper Table 4)")
+
+
+def run(args) -> dict:
+    if args.model is not None:
+        given = [f"--{k.replace('_', '-')}" for k in ("alpha", "resolution", "classes",
+                                                      "standard_conv") if getattr(args, k)]
+        if given:
+            raise UsageError(f"{' '.join(given)} with {args.model}: an ONNX model's "
+                             "configuration comes from its metadata; give one or the other")
+        return onnx_info(args.model)
+    config = ModelConfig(**{k: getattr(args, k) if getattr(args, k) is not None else v
+                            for k, v in DEFAULTS.items()}, standard_conv=args.standard_conv)
+    return config_info(config)
+
+
+def config_info(config: ModelConfig) -> dict:
+    s = cost_summary(config)
+    s["text"] = _title(config) + "\n" + layer_table(s["layers"]) + "\n" + _totals(s)
+    return s
+
+
+def onnx_info(path) -> dict:
+    proto = load_onnx(path)
+    g = graph_costs(proto)
+    try:
+        config, pp = read_model_config(path)
+    except UsageError:
+        config = pp = None  # a foreign ONNX model: its graph can still be counted
+    result = dict(path=str(path), graph_macs=g["macs"], graph_params=g["params"],
+                  batch=g["batch"], graph_layers=g["layers"], macs=g["macs"])
+    lines = [f"{path}: {len(g['layers'])} Conv/Gemm/MatMul nodes, batch {g['batch'] or 'dynamic'}",
+             _graph_table(g["layers"]),
+             f"graph: {g['macs']:,} MACs per input, {g['params']:,} weights and biases"]
+    if config is None:
+        result.update(config=None, agree=None)
+        lines.append("no edge_mnv1 metadata: not compared with the cost model")
+    else:
+        s = cost_summary(config)
+        macs_agree = s["macs"] == g["macs"] and \
+            [r["macs"] for r in s["layers"] if r["macs"]] == [r["macs"] for r in g["layers"]]
+        params_agree = s["params_folded"] == g["params"]
+        result.update(config.to_dict(), config=config.to_dict(), preprocessing=pp.to_dict(),
+                      params=s["params"], layers=s["layers"],
+                      cost_model=dict(macs=s["macs"], params=s["params"],
+                                      params_folded=s["params_folded"]),
+                      agree=macs_agree and params_agree, passed=macs_agree and params_agree)
+        lines += [_title(config),
+                  f"cost model: {s['macs']:,} MACs, {s['params_folded']:,} weights and biases "
+                  f"with BN folded ({s['params']:,} trainable parameters)",
+                  "graph and cost model " + ("agree layer by layer" if result["agree"]
+                                             else "DISAGREE")]
+    result["text"] = "\n".join(lines)
+    return result
+
+
+def _title(c: ModelConfig) -> str:
+    kind = "standard-conv MobileNet" if c.standard_conv else "MobileNetV1"
+    return f"{kind} alpha {c.alpha:g}, {c.resolution}x{c.resolution}, {c.classes} classes"
+
+
+def _shape(s) -> str:
+    return "x".join("?" if d is None else str(d) for d in s)
+
+
+def layer_table(rows) -> str:
+    head = f"{'layer':<10} {'type':<7} {'s':>1} {'input':>14} {'output':>14} {'MACs':>13} " \
+           f"{'params':>11}"
+    body = [f"{r['name']:<10} {r['type']:<7} {r['stride']:>1} {_shape(r['in_shape']):>14} "
+            f"{_shape(r['out_shape']):>14} {r['macs']:>13,} {r['params']:>11,}" for r in rows]
+    return "\n".join([head] + body)
+
+
+def _graph_table(rows) -> str:
+    width = max([len(r["name"]) for r in rows] + [4])
+    head = f"{'node':<{width}} {'op':<6} {'output':>16} {'MACs':>13} {'weights':>11}"
+    body = [f"{r['name']:<{width}} {r['op']:<6} {_shape(r['out_shape'] or []):>16} "
+            f"{r['macs']:>13,} {r['params']:>11,}" for r in rows]
+    return "\n".join([head] + body)
+
+
+def _totals(s) -> str:
+    return (f"total: {s['macs']:,} MACs ({s['macs'] / 1e6:.1f}M), {s['params']:,} parameters "
+            f"({s['params'] / 1e6:.2f}M; {s['params_without_bn']:,} without BN, "
+            f"{s['params_folded']:,} with BN folded into conv biases)")
