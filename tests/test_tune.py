@@ -16,6 +16,16 @@ from compiled import CLI, REPO, cli_json
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def tiny_onnx(untrained_ckpt_factory, tmp_path_factory):
+    """The smallest network worth tuning: alpha 0.25 at 32x32, 10 classes."""
+    from edge_mnv1.export import export
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    export(untrained_ckpt_factory(0.25, 32, 10), path, batch=1)
+    return path
+
+
 def records_file(root):
     files = list(root.rglob("database_tuning_record.json"))
     return files[0] if files else None
