@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from . import checkpoint, data
 from .data import Preprocessing
@@ -79,8 +80,8 @@ def to_onnx(model, config: ModelConfig, pp: Preprocessing, out, batch=1,
     dynamic = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if batch == "dynamic" \
         else None
     buf = io.BytesIO()
-    # The TorchScript exporter (dynamo=False) is deprecated but exact and quiet about it
-    # only when asked; its warnings would only clutter stderr.
+    # The TorchScript exporter (dynamo=False) is deprecated but works (see the TVM notes);
+    # its warnings and prints are silenced because stdout carries the --json object.
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
@@ -176,7 +177,7 @@ def export(ckpt, out, batch=1, opset: int = DEFAULT_OPSET) -> dict:
                   config=config.to_dict(), preprocessing=pp.to_dict(),
                   file_bytes=path.stat().st_size)
     proto = onnx.load(str(path))
-    result["weight_bytes"] = sum(onnx.numpy_helper.to_array(t).nbytes
+    result["weight_bytes"] = sum(numpy_helper.to_array(t).nbytes
                                  for t in proto.graph.initializer)
     result.update(check(path, model, config, pp, batch))
     if not result["within_tolerance"]:

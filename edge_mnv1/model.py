@@ -24,7 +24,6 @@ import dataclasses
 import json
 from collections import OrderedDict
 
-import torch
 from torch import nn
 
 from .errors import UsageError

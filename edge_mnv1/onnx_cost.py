@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 
 import onnx
-from onnx import numpy_helper  # noqa: F401  (imported so onnx's lazy submodule is ready)
 
 from .errors import UsageError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -19,14 +20,22 @@ DEFAULT_EPOCHS = 20
 RECIPE = 1  # bump when training or calibration changes: cached models get rebuilt
 
 
-def set_determinism(seed: int) -> None:
+@contextmanager
+def deterministic(seed: int):
+    """Seeded and deterministic inside; the process-wide flag is restored on the way out."""
+    before = torch.are_deterministic_algorithms_enabled()
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
     torch.set_num_threads(THREADS)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def build_model(config: ModelConfig, seed: int) -> MobileNetV1:
-    set_determinism(seed)
+    """The seeded initial model (same seed, same weights)."""
+    torch.manual_seed(seed)
     return MobileNetV1(config)
 
 
@@ -87,16 +96,18 @@ def train(config: ModelConfig, data_spec: str, out, epochs: int = DEFAULT_EPOCHS
         raise UsageError(f"--lr {lr}: must be positive")
     pp = data.default_preprocessing(data_spec, config.resolution)
     start = time.perf_counter()
-    model = build_model(config, seed)
     result = dict(config=config.to_dict(), preprocessing=pp.to_dict(), data=str(data_spec),
                   seed=seed, epochs=epochs, recipe=RECIPE)
-    if epochs == 0:
-        x, _, _ = data.load_dataset(data_spec, config, pp, split="train",
-                                    limit=CALIBRATION_IMAGES)
-        calibrate_batchnorm(scale_preserving_classifier(model), x)
-        result.update(calibration_inputs=len(x), test_accuracy=None)
-    else:
-        result.update(_fit(model, config, data_spec, pp, epochs, seed, batch_size, lr, progress))
+    with deterministic(seed):
+        model = build_model(config, seed)
+        if epochs == 0:
+            x, _, _ = data.load_dataset(data_spec, config, pp, split="train",
+                                        limit=CALIBRATION_IMAGES)
+            calibrate_batchnorm(scale_preserving_classifier(model), x)
+            result.update(calibration_inputs=len(x), test_accuracy=None)
+        else:
+            result.update(_fit(model, config, data_spec, pp, epochs, seed, batch_size, lr,
+                               progress))
     result["train_seconds"] = round(time.perf_counter() - start, 2)
     checkpoint.save(out, checkpoint.state_arrays(model), config, pp, info=result)
     result["checkpoint"] = str(out)

@@ -37,7 +37,8 @@ def files(tmp_path):
 
 
 CASES = [  # argv (with {placeholders} from `files`), message pattern
-    (["export", "{missing}", "-o", "m.onnx"], r"missing.safetensors: no such file.*edge-mnv1 train"),
+    (["export", "{missing}", "-o", "m.onnx"],
+     r"missing.safetensors: no such file.*edge-mnv1 train"),
     (["export", "{corrupt}", "-o", "m.onnx"], r"corrupt.safetensors: not a readable safetensors"),
     (["export", "{plain}", "-o", "m.onnx"], r"plain.safetensors: no edge_mnv1 model config"),
     (["info", "{text}"], r"notes.onnx: not a valid ONNX model.*re-export"),

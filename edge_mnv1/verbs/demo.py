@@ -55,7 +55,7 @@ def stage_train(ctx: Context) -> dict:
     want = dict(config=ctx.config.to_dict(), data="digits", epochs=ctx.epochs, seed=ctx.seed)
     if ctx.ckpt.is_file():
         try:
-            _, config, _, meta = checkpoint.read_metadata(ctx.ckpt)
+            _, _, meta = checkpoint.read_metadata(ctx.ckpt)
         except EdgeError:
             meta = {}
         if {k: meta.get(k) for k in want} == want:
@@ -117,7 +117,8 @@ def run(args) -> dict:
 def write_report(ctx: Context) -> dict:
     passed = all(r.get("passed", True) for r in ctx.results.values())
     report = dict(passed=passed, out=str(ctx.out), config=ctx.config.to_dict(),
-                  quick=ctx.quick, edge_mnv1=importlib.metadata.version("edge_mnv1"), python=platform.python_version(),
+                  quick=ctx.quick, edge_mnv1=importlib.metadata.version("edge_mnv1"),
+                  python=platform.python_version(),
                   stages=ctx.results,
                   report_json=str(ctx.out / "report.json"), report_txt=str(ctx.out / "report.txt"))
     lines = [f"edge-mnv1 demo: MobileNetV1 alpha {ctx.config.alpha:g}, "
