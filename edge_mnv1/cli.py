@@ -60,6 +60,9 @@ def main(argv=None) -> int:
         print(f"edge-mnv1 {args.verb}: interrupted", file=sys.stderr)
         return 130
     result = result or {}
+    # A verb that keeps running after its result (emulate: prints the device URL, then serves
+    # until Ctrl-C) returns the rest of its work as result["_after"], run once stdout is out.
+    after = result.pop("_after", None)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "text"}, default=_jsonable))
     elif "text" in result:
@@ -67,6 +70,15 @@ def main(argv=None) -> int:
     else:
         for k, v in result.items():
             print(f"{k}: {v}")
+    if after is not None:
+        sys.stdout.flush()
+        try:
+            after()
+        except EdgeError as e:
+            print(f"edge-mnv1 {args.verb}: error: {e}", file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt:
+            pass
     return 1 if result.get("passed") is False else 0
 
 
