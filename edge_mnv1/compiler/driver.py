@@ -125,6 +125,9 @@ def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path
                        golden_tolerance=1e-4, required_features=resolved.required_features,
                        arena_section=".bss.em_arena" if target.is_mcu else None,
                        weights_section=weights_section)
+    if target.is_mcu:  # linker script from the target's memory regions, board config header
+        from ..linker import write_firmware_files
+        write_firmware_files(target, out_dir)
 
     manifest = {
         "format_version": FORMAT_VERSION,

@@ -112,6 +112,9 @@ class Client:
         self.info: dict | None = None
         self.retried = 0
         self.text_lines: list[str] = []
+        self._partial = ""          # text not yet ended by a newline (a UART delivers in pieces)
+        self.replies = 0            # replies the device must have counted (see check_not_reset)
+        self._hello_mark: tuple[int, int] | None = None
 
     # -- plumbing --------------------------------------------------------------------
     def _read_frame(self, deadline: float):
@@ -121,6 +124,7 @@ class Client:
             if skipped:
                 self._note_text(skipped)
             if frame is not None:
+                self._flush_text()
                 return frame
             left = deadline - time.monotonic()
             if left <= 0:
@@ -128,11 +132,21 @@ class Client:
             self.decoder.feed(self.transport.read(65536, min(left, 1.0)))
 
     def _note_text(self, data: bytes) -> None:
-        text = data.decode("utf-8", "replace")
-        for line in text.splitlines():
-            if line.strip():
-                self.text_lines.append(line.strip())
-                log.info(f"device: {line.strip()[:200]}")
+        text = self._partial + data.decode("utf-8", "replace")
+        lines = text.split("\n")
+        self._partial = lines.pop()  # whole lines only; the rest waits for its newline
+        for line in lines:
+            self._add_line(line)
+
+    def _flush_text(self) -> None:
+        if self._partial:
+            self._add_line(self._partial)
+            self._partial = ""
+
+    def _add_line(self, line: str) -> None:
+        if line.strip():
+            self.text_lines.append(line.strip())
+            log.info(f"device: {line.strip()[:200]}")
 
     def request(self, msg_type: int, payload: bytes = b"", timeout: float | None = None) -> bytes:
         self.seq = (self.seq + 1) & 0xFFFF
@@ -155,11 +169,14 @@ class Client:
                     continue  # a late reply to an earlier request: never accept it for this one
                 if mtype == ERROR:
                     code, message = _parse_error(body)
+                    if code != 1:  # the device counted the request (a bad header is not)
+                        self.replies += 1
                     if code == 1 and attempt < self.retries:  # the device saw a corrupt request
                         break
                     raise RemoteError(code, message)
                 if mtype != (msg_type | REPLY):
                     raise ProtocolError(f"reply type {mtype:#x} to a request of type {msg_type:#x}")
+                self.replies += 1
                 return body
         raise DeviceError(f"no valid reply from {self.transport.description} after "
                           f"{self.retries + 1} attempts of {timeout:.0f} s; check that the device "
@@ -180,6 +197,30 @@ class Client:
                 raise ProtocolError(f"hello reply lacks {key!r}")
         self.decoder.max_payload = max(int(info["max_payload"]), 4096) + 64
         self.info = info
+        if isinstance(info.get("requests"), int):
+            self._hello_mark = (info["requests"], self.replies)
+        return info
+
+    def check_not_reset(self) -> dict:
+        """Reads hello again and raises DeviceError if the device restarted since the last
+        hello: its request counter must have grown by at least the replies received since
+        (a restarted device counts from zero). Call it after a run whose results matter."""
+        mark = self._hello_mark
+        before = self.info
+        info = self.hello()
+        if mark is None or not isinstance(info.get("requests"), int):
+            return info
+        requests0, replies0 = mark
+        answered = self.replies - replies0
+        reset = info["requests"] < requests0 + answered
+        if before and "boot_count" in before and info.get("boot_count") != before["boot_count"]:
+            reset = True
+        if reset:
+            raise DeviceError(
+                f"{self.transport.description}: the device reset during the run (its request "
+                f"counter went from {requests0} to {info['requests']} while {answered} requests "
+                "were answered); results since the previous hello are not trusted: check its "
+                "power, watchdog and fault output, then run again")
         return info
 
     def _require_info(self) -> dict:

@@ -1,6 +1,8 @@
 """`edge-mnv1 info`: the cost model's per-layer table, or the MACs counted from an ONNX graph
 checked against the cost model for the config in its metadata."""
 
+from pathlib import Path
+
 from ..errors import UsageError
 from ..export import read_model_config
 from ..model import ModelConfig, cost_summary
@@ -21,6 +23,9 @@ def add_arguments(p):
 
 
 def run(args) -> dict:
+    if args.model is not None and Path(args.model).is_dir():  # an artifact: its memory budget
+        from ..mcu_budget import artifact_budget
+        return artifact_budget(args.model)
     if args.model is not None:
         given = [f"--{k.replace('_', '-')}" for k in ("alpha", "resolution", "classes",
                                                       "standard_conv") if getattr(args, k)]
