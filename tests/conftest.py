@@ -32,7 +32,7 @@ def _cached(path: Path, want: dict) -> bool:
     if not path.is_file():
         return False
     try:
-        _, _, _, meta = checkpoint.read_metadata(path)
+        _, _, meta = checkpoint.read_metadata(path)
     except EdgeError:
         return False
     return all(meta.get(k) == v for k, v in want.items())

@@ -61,7 +61,8 @@ def test_sigkill_then_resume_loses_no_trial(tiny_onnx, tuning_root):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     r = json.loads(rerun.stdout)
     assert r["trials_before"] >= before - 1  # at most the line being written is lost
-    assert r["trials_after"] == 48
+    # the budget is met; MetaSchedule may finish its last batch of 16 beyond it
+    assert 48 <= r["trials_after"] < 48 + 16
     # every line of the database is whole JSON after the kill
     for line in records_file(tuning_root).read_text().splitlines():
         json.loads(line)
@@ -90,10 +91,16 @@ def test_tracker_with_two_servers(tiny_onnx, tuning_root):
                  "--port", str(port + 10 + 10 * i), "--port-end", str(port + 19 + 10 * i),
                  "--tracker", f"127.0.0.1:{port}", "--key", "edge-test"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        time.sleep(3)
         from tvm import rpc
-        queue = rpc.connect_tracker("127.0.0.1", port).summary()["queue_info"]
-        assert queue["edge-test"]["free"] == 2  # both servers registered
+        free, deadline = 0, time.time() + 60
+        while free < 2 and time.time() < deadline:
+            time.sleep(1)
+            try:
+                queue = rpc.connect_tracker("127.0.0.1", port).summary()["queue_info"]
+                free = queue.get("edge-test", {}).get("free", 0)
+            except Exception:  # the tracker is still starting
+                continue
+        assert free == 2  # both servers registered with the tracker
         env = dict(os.environ, EDGE_MNV1_TUNING_ROOT=str(tuning_root))
         r = subprocess.run([*CLI, "tune", str(tiny_onnx), "--target", "host", "--trials", "16",
                             "--minutes", "10", "--tracker", f"127.0.0.1:{port}", "--key",
@@ -101,7 +108,7 @@ def test_tracker_with_two_servers(tiny_onnx, tuning_root):
                            text=True, timeout=900)
         assert r.returncode == 0, r.stderr[-2000:]
         out = json.loads(r.stdout)
-        assert out["trials_after"] == 16 and out["best_estimate_ms"] > 0
+        assert out["trials_after"] >= 16 and out["best_estimate_ms"] > 0
     finally:
         for p in procs:
             p.kill()
