@@ -16,7 +16,9 @@ from ..model import ModelConfig, cost_summary
 from ..onnx_cost import graph_costs
 from ..train import DEFAULT_EPOCHS, accuracy, train
 
-HELP = "train, export and check MobileNetV1 (alpha 0.25, 64x64) on digits; write a report"
+HELP = ("the whole chain on emulated devices: train MobileNetV1 (alpha 0.25, 64x64) on digits, "
+        "export, compile for rpi4, deploy over ssh to an emulated Pi, parity and bench, then "
+        "Cortex-M7 firmware on QEMU over serial; one report")
 CONFIG = ModelConfig(alpha=0.25, resolution=64, classes=10)
 QUICK_EPOCHS = 6
 MIN_ACCURACY = {False: 0.96, True: 0.85}  # test accuracy of the ONNX model (full / --quick)
@@ -90,7 +92,70 @@ def stage_check(ctx: Context) -> dict:
                         f"{macs:,} in the cost model")
 
 
-STAGES = [("train", stage_train), ("export", stage_export), ("check", stage_check)]
+def _verb(ctx: Context, *args) -> dict:
+    """Runs a later stage through the CLI itself, as a user would, and reads its --json."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "edge_mnv1.cli", *map(str, args), "--json"]
+    info("demo: $ edge-mnv1 " + " ".join(map(str, args)))
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        out = json.loads(r.stdout)
+    except json.JSONDecodeError:
+        out = {}
+    if r.returncode == 2 or (r.returncode != 0 and not out):
+        raise EdgeError(f"edge-mnv1 {args[0]} failed (exit {r.returncode}): {out.get('error', '')}")
+    out["passed"] = r.returncode == 0 and out.get("passed", True) is not False
+    return out
+
+
+def stage_compile(ctx: Context) -> dict:
+    r = _verb(ctx, "compile", ctx.onnx, "--target", "rpi4", "-o", ctx.out / "rpi4")
+    r["summary"] = (f"rpi4 artifact: arena {r['arena_bytes']:,} B (liveness bound "
+                    f"{r['liveness_lower_bound']:,}), weights {r['weight_bytes']:,} B, "
+                    f"{r['tuning_applied']} kernels from tuning records")
+    return r
+
+
+def stage_parity(ctx: Context) -> dict:
+    """Over SSH to an emulated Raspberry Pi 4 (a real sshd; aarch64 under qemu)."""
+    r = _verb(ctx, "parity", ctx.out / "rpi4", "--device", "emulated", "--data", "digits",
+              "--limit", 100, "--report", ctx.out / "parity-rpi4")
+    photos = _verb(ctx, "parity", ctx.out / "rpi4", "--device", "emulated", "--data", "photos",
+                   "--report", ctx.out / "parity-rpi4-photos")
+    r["photos"] = photos
+    r["passed"] = r["passed"] and photos["passed"]
+    r["summary"] = (f"emulated Pi over ssh, {r.get('n')} digits: top-1 agreement "
+                    f"{r.get('top1_agreement')}, max abs error {r.get('max_abs_error', 0):.2g}; "
+                    f"{photos.get('n')} photos: max abs error {photos.get('max_abs_error', 0):.2g}"
+                    + ("" if r["passed"] else " FAILED"))
+    return r
+
+
+def stage_bench(ctx: Context) -> dict:
+    r = _verb(ctx, "bench", ctx.out / "rpi4", "--device", "emulated", "--runs", 20,
+              "--report", ctx.out / "bench-rpi4")
+    r["summary"] = (f"emulated Pi median {r.get('device_median_ms')} ms (under qemu: not the "
+                    f"board's time), ONNX Runtime here {r.get('onnxruntime_ms')} ms")
+    return r
+
+
+def stage_mcu(ctx: Context) -> dict:
+    """The same model as Cortex-M7 firmware on QEMU's mps2-an500, over its UART."""
+    c = _verb(ctx, "compile", ctx.onnx, "--target", "mps2-an500", "-o", ctx.out / "mps2-an500")
+    r = _verb(ctx, "parity", ctx.out / "mps2-an500", "--device", "emulated", "--data",
+              "digits", "--limit", 5, "--report", ctx.out / "parity-mps2-an500")
+    r["compile"] = c
+    r["summary"] = (f"Cortex-M7 firmware over serial, {r.get('n')} digits: top-1 agreement "
+                    f"{r.get('top1_agreement')}, max abs error {r.get('max_abs_error', 0):.2g}"
+                    + ("" if r["passed"] else " FAILED"))
+    return r
+
+
+STAGES = [("train", stage_train), ("export", stage_export), ("check", stage_check),
+          ("compile", stage_compile), ("parity", stage_parity), ("bench", stage_bench),
+          ("mcu", stage_mcu)]
 
 
 def run(args) -> dict:
