@@ -98,7 +98,12 @@ def test_demo_reuses_a_matching_checkpoint(digits_ckpt, tmp_path, capsys):
     assert cli.main(["demo", "--out", str(out), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["passed"] and r["stages"]["train"]["reused"]
-    assert list(r["stages"]) == ["train", "export", "check"]
+    assert list(r["stages"]) == ["train", "export", "check", "compile", "parity", "bench", "mcu"]
+    parity = r["stages"]["parity"]  # over ssh to the emulated Pi
+    assert parity["passed"] and parity["top1_agreement"] == 1.0 and parity["n"] == 100
+    assert parity["max_abs_error"] <= 1e-4 and parity["photos"]["passed"]
+    mcu = r["stages"]["mcu"]  # Cortex-M7 firmware over serial
+    assert mcu["passed"] and mcu["top1_agreement"] == 1.0
     check = r["stages"]["check"]
     assert check["onnx_accuracy"] == check["torch_accuracy"] >= 0.96
     assert check["graph_macs"] == check["cost_model_macs"] == 3_331_072
