@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DeviceError, UsageError
+from .hashing import sha256_file
 
 ONNXRUNTIME = "onnxruntime"
 PYTORCH = "pytorch"
@@ -67,14 +68,6 @@ def model_info(artifact: str | Path, manifest: dict) -> dict:
     return meta
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def find_checkpoint(artifact: str | Path, manifest: dict, meta: dict | None = None,
                     override: str | Path | None = None) -> tuple[Path | None, str]:
     """(checkpoint path or None, a note saying what was found and why it is or is not used).
@@ -102,7 +95,7 @@ def find_checkpoint(artifact: str | Path, manifest: dict, meta: dict | None = No
                       "ONNX Runtime on the artifact's model.onnx is the reference "
                       "(pass --checkpoint CKPT to use PyTorch)")
     want = ck.get("sha256")
-    if want and _sha256(found) != want:
+    if want and sha256_file(found) != want:
         return None, (f"checkpoint {found} has changed since the model was exported (sha256 "
                       f"differs from the model's metadata); ONNX Runtime on the artifact's "
                       "model.onnx is the reference")

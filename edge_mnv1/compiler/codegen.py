@@ -61,8 +61,6 @@ def _workspace_llvm(ll: str) -> int:
         if m:
             current = m.group(1).strip('"')
             continue
-        if "__TVMBackendAllocWorkspace" in line:
-            pass
         m = _WS_LLVM.search(line)
         if m and current:
             per_fn[current] = per_fn.get(current, 0) + int(m.group(1)) + _WS_ALIGN

@@ -7,7 +7,6 @@ is CMake's job (edge_mnv1/program.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -18,6 +17,7 @@ import numpy as np
 
 from .. import log
 from ..errors import UsageError
+from ..hashing import sha256_file
 from ..targets import Target
 from . import codegen, emit, frontend, graph, lowering, memory, records
 from .target import resolve
@@ -41,14 +41,6 @@ def _golden(model_path: Path, model, meta: dict, shape: list[int], cases: int):
     name = sess.get_inputs()[0].name
     y = np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(cases)])
     return x, y.astype(np.float32)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path, *,

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from ..errors import UsageError
+from ..hashing import sha256_file
 
 FORMAT_VERSION = 1
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_manifest(artifact: str | Path, verify: bool = True) -> dict:
@@ -46,7 +38,7 @@ def verify_files(artifact: Path, manifest: dict) -> None:
         p = artifact / rel
         if not p.is_file():
             raise UsageError(f"{artifact}: {rel} is missing; recompile the artifact")
-        got = _sha256(p)
+        got = sha256_file(p)
         if got != want:
             raise UsageError(f"{artifact}: {rel} does not match the manifest (sha256 {got[:12]}... "
                              f"!= {want[:12]}...): the artifact was changed after compiling; "
