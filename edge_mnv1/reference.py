@@ -15,7 +15,6 @@ same process distorts the other's times.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
