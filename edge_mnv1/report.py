@@ -101,7 +101,7 @@ def parity_plots(d, dev, ref, ref_name: str, title: str) -> list[Path]:
     ax2.set_xlabel(f"reference ({ref_name}) output")
     ax2.set_ylabel("device - reference")
     ax2.set_title(f"error vs value: max |error| {err.max():.3g}, RMSE "
-                  f"{np.sqrt((err ** 2).mean()):.3g}", fontsize=9)
+                  f"{np.sqrt((err ** 2).mean()):.3g}", fontsize=9, pad=14)
     ax2.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax2.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
