@@ -11,7 +11,7 @@ import pytest
 from edge_mnv1 import data
 from edge_mnv1.device.connect import open_device
 
-from compiled import cli, cli_json, ort_outputs
+from compiled import CLI, REPO, cli, cli_json, ort_outputs
 
 
 @pytest.fixture(scope="module")
@@ -105,15 +105,25 @@ def test_bad_model_file_is_refused(tmp_path):
 
 
 def test_records_for_another_cpu_are_not_applied(digits_onnx, tmp_path):
-    """Records live under the CPU key; a machine with another CPU must not use them."""
+    """Records live under the CPU key; records filed under another CPU must not be used."""
+    import os
+    import shutil
+
     from edge_mnv1.compiler.target import resolve
     from edge_mnv1.targets import load_target
 
     key = resolve(load_target("host")).cpu_key
     assert key.startswith("host-") and key.split("-")[-1] in ("avx512", "avx2", "sse")
-    r = cli_json("compile", digits_onnx, "--target", "host", "-o", tmp_path / "a", "--no-build",
-                 "--untuned")
-    assert r["tuning_applied"] == 0
+    committed = REPO / "compile" / "tuning" / "host-znver4-avx512" / "mnv1-a0.25-r64-c10-float32"
+    root = tmp_path / "tuning"
+    shutil.copytree(committed, root / "host-othercpu-sse" / committed.name)
+    env = dict(os.environ, EDGE_MNV1_TUNING_ROOT=str(root))
+    r = subprocess.run([*CLI, "compile", str(digits_onnx), "--target", "host", "-o",
+                        str(tmp_path / "a"), "--no-build", "--json"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["tuning_applied"] == 0
+    assert "no tuning records for CPU key" in r.stderr and key in r.stderr
 
 
 @pytest.mark.slow

@@ -17,24 +17,12 @@ from edge_mnv1 import cli, parity
 from edge_mnv1.errors import DeviceError
 
 from compiled import cli_json
+from compiled import untrained_onnx
 
 LIMIT = 120  # digits test inputs per parity run: enough for 10 classes, cheap under qemu
 
 
 # -- models and artifacts, once per session ------------------------------------------------
-def _untrained_onnx(root: Path) -> Path:
-    """A freshly initialised MobileNetV1 0.25/64: its outputs hardly depend on the input."""
-    import torch
-
-    from edge_mnv1.model import MobileNetV1, ModelConfig
-
-    path = root / "untrained.onnx"
-    if not path.is_file():
-        torch.manual_seed(0)
-        model = MobileNetV1(ModelConfig(alpha=0.25, resolution=64, classes=10)).eval()
-        torch.onnx.export(model, torch.zeros(1, 3, 64, 64), str(path), dynamo=False,
-                          opset_version=17, input_names=["input"], output_names=["logits"])
-    return path
 
 
 def build_artifacts(onnx_path: Path, ckpt: Path, tmp_path_factory) -> dict:
@@ -47,7 +35,7 @@ def build_artifacts(onnx_path: Path, ckpt: Path, tmp_path_factory) -> dict:
                                 ("untrained", None, "host")):
         art = root / name
         if not (art / "manifest.json").is_file() or not (art / "program").is_file():
-            model = model or _untrained_onnx(root)
+            model = model or untrained_onnx(root)
             cli_json("compile", model, "--target", target, "-o", art)
         out[name] = art
     return out

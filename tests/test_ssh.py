@@ -28,6 +28,7 @@ from edge_mnv1.device.sshd import SshServer
 from edge_mnv1.errors import DeviceError, UsageError
 
 from compiled import CLI, REPO, cli, cli_json
+from compiled import untrained_onnx
 
 pytestmark = [pytest.mark.ssh]
 
@@ -35,18 +36,6 @@ WEIRD_DIR = "deploy dir/it's a \"$HOME\" `x` ; #?"  # spaces, quotes, $, backquo
 
 
 # -- fixtures -----------------------------------------------------------------------------------
-def _untrained_onnx(root: Path) -> Path:
-    import torch
-
-    from edge_mnv1.model import MobileNetV1, ModelConfig
-
-    path = root / "untrained.onnx"
-    if not path.is_file():
-        torch.manual_seed(0)
-        model = MobileNetV1(ModelConfig(alpha=0.25, resolution=64, classes=10)).eval()
-        torch.onnx.export(model, torch.zeros(1, 3, 64, 64), str(path), dynamo=False,
-                          opset_version=17, input_names=["input"], output_names=["logits"])
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +47,7 @@ def rpi4_artifact(request, tmp_path_factory) -> Path:
     try:
         model = Path(request.getfixturevalue("digits_onnx"))
     except pytest.FixtureLookupError:
-        model = _untrained_onnx(root)
+        model = untrained_onnx(root)
     art = root / "rpi4"
     if not (art / "program").is_file():
         cli_json("compile", model, "--target", "rpi4", "-o", art)
