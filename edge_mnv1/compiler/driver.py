@@ -18,12 +18,11 @@ import numpy as np
 from .. import log
 from ..errors import UsageError
 from ..hashing import sha256_file
+from ..versions import ARTIFACT_FORMAT_VERSION, PROTOCOL_VERSION
 from ..targets import Target
 from . import codegen, emit, frontend, graph, lowering, memory, records
 from .target import resolve
 
-FORMAT_VERSION = 1
-PROTOCOL_VERSION = 1
 
 
 def _golden(model_path: Path, model, meta: dict, shape: list[int], cases: int):
@@ -122,7 +121,7 @@ def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path
         write_firmware_files(target, out_dir)
 
     manifest = {
-        "format_version": FORMAT_VERSION,
+        "format_version": ARTIFACT_FORMAT_VERSION,
         "protocol_version": PROTOCOL_VERSION,
         "target": target.name,
         "target_arch": target.arch,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..hashing import sha256_file
+from ..versions import ARTIFACT_FORMAT_VERSION
 
-FORMAT_VERSION = 1
 
 
 def load_manifest(artifact: str | Path, verify: bool = True) -> dict:
@@ -21,9 +21,9 @@ def load_manifest(artifact: str | Path, verify: bool = True) -> dict:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: not valid JSON ({e}); recompile the artifact") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") != ARTIFACT_FORMAT_VERSION:
         raise UsageError(f"{path}: artifact format {manifest.get('format_version')}, this "
-                         f"edge_mnv1 reads {FORMAT_VERSION}; recompile the artifact")
+                         f"edge_mnv1 reads {ARTIFACT_FORMAT_VERSION}; recompile the artifact")
     if verify:
         verify_files(artifact, manifest)
     return manifest

@@ -16,8 +16,9 @@ import numpy as np
 
 from .. import log
 from ..errors import DeviceError, UsageError
+from ..versions import PROTOCOL_VERSION
 
-VERSION = 1
+VERSION = PROTOCOL_VERSION
 MAGIC = b"\xedN"
 HEADER = struct.Struct("<2sBBHHII")   # magic, version, type, seq, reserved, length, header crc
 HELLO, INFER, BENCH, PROFILE, SELFTEST, ERROR, REPLY = 0x01, 0x02, 0x03, 0x04, 0x05, 0x7F, 0x80
