@@ -25,10 +25,9 @@ from .target import resolve
 
 
 
-def _golden(model_path: Path, model, meta: dict, shape: list[int], cases: int):
-    """Real digits through ONNX Runtime (the independent reference) for the self-test."""
-    import onnxruntime as ort
-
+def _golden(model_path: Path, meta: dict, shape: list[int], cases: int, int_model=None):
+    """Real digits for the self-test, through the independent reference: ONNX Runtime for a
+    float model, the integer reference (exact, uint8 in and out) for a quantized one."""
     from .. import data
 
     pp = data.Preprocessing.from_dict(meta["preprocessing"]) if "preprocessing" in meta \
@@ -36,6 +35,13 @@ def _golden(model_path: Path, model, meta: dict, shape: list[int], cases: int):
     cfg = types.SimpleNamespace(resolution=shape[-1])
     x, _, _ = data.load_dataset("digits", cfg, pp, split="test", limit=cases)
     x = x.reshape([cases] + shape[1:]).astype(np.float32)
+    if int_model is not None:
+        from ..quantize import quantize_input
+
+        q = quantize_input(x, int_model.input_q.scale, int_model.input_q.zero_point)
+        return q, np.concatenate([int_model.run(q[i:i + 1]) for i in range(cases)])
+    import onnxruntime as ort
+
     sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     y = np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(cases)])
@@ -56,12 +62,12 @@ def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path
 
     log.info(f"compile: importing {model_path} (input {shape}) for {target.name} "
              f"({resolved.tvm_target.attrs.get('mcpu', '')})")
-    mod = frontend.to_relax(model)
-    fused = lowering.fuse(mod, resolved.tvm_target)
+    mod, dtype, int_model = frontend.import_model(model)
+    fused = lowering.fuse(mod, resolved.tvm_target, fold_constants=int_model is None)
     # MACs are read off the graph before records change the weights' layout.
     prog = graph.extract(fused)
 
-    key = records.model_key(meta, shape, "float32", model_path.read_bytes())
+    key = records.model_key(meta, shape, dtype, model_path.read_bytes())
     rec_dir = records.records_dir(resolved.cpu_key, key, tuning_root)
     applied: list[str] = []
     if use_records and records.has_records(rec_dir):
@@ -92,7 +98,8 @@ def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path
     lower_bound = memory.liveness_lower_bound(prog)
 
     cases = 1 if target.is_mcu else 3
-    gx, gy = _golden(model_path, model, meta, shape, cases)
+    gx, gy = _golden(model_path, meta, shape, cases, int_model)
+    tolerance = 0.0 if int_model is not None else 1e-4
     inp, outp = prog.tensors[prog.input], prog.tensors[prog.output]
     if list(inp.shape) != shape:
         raise UsageError(f"compiled input shape {inp.shape} differs from the model's {shape}")
@@ -113,7 +120,7 @@ def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path
     emit.write_model_c(out_dir, prog, arena_bytes=arena_bytes, workspace_bytes=ws_bytes,
                        workspace_threads=1 if target.is_mcu else threads,
                        max_payload=max_payload, hello=hello, golden_cases=cases,
-                       golden_tolerance=1e-4, required_features=resolved.required_features,
+                       golden_tolerance=tolerance, required_features=resolved.required_features,
                        arena_section=".bss.em_arena" if target.is_mcu else None,
                        weights_section=weights_section)
     if target.is_mcu:  # linker script from the target's memory regions, board config header
@@ -145,7 +152,9 @@ def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path
         "emit": emit_kind,
         "tuning": {"records_dir": str(rec_dir), "cpu_key": resolved.cpu_key, "model_key": key,
                    "applied": sorted(applied), "untuned": sorted(defaulted)},
-        "golden": {"cases": cases, "tolerance": 1e-4, "reference": "onnxruntime"},
+        "golden": {"cases": cases, "tolerance": tolerance,
+                   "reference": "integer" if int_model is not None else "onnxruntime"},
+        "quantization": int_model.manifest() if int_model is not None else None,
         "tvm_version": _tvm_version(),
         "compile_seconds": None,
         "files": {},

@@ -63,3 +63,16 @@ def to_relax(model: onnx.ModelProto, batch: int = 1):
     except Exception as e:
         raise UsageError(f"TVM's ONNX importer refused the model ({type(e).__name__}: "
                          f"{str(e)[:300]})") from None
+
+
+def import_model(model: onnx.ModelProto):
+    """(Relax module, element type, integer model or None). A QDQ model becomes integer
+    Relax (compiler/integer.py); anything else goes through TVM's ONNX importer."""
+    from .. import quantize
+
+    if quantize.is_quantized(model):
+        from . import integer
+
+        int_model = quantize.from_onnx(model)
+        return integer.to_relax(int_model), "int8", int_model
+    return to_relax(model), "float32", None

@@ -58,7 +58,8 @@ def _macs(args: list[TensorInfo]) -> int:
     weights = [t for t in args[:-1] if t.kind == "weight" and len(t.shape) in (2, 4)]
     if not weights:
         return 0
-    w = weights[0]
+    # The largest: integer kernels also take per-channel requantization constants.
+    w = max(weights, key=lambda t: int(np.prod(t.shape, dtype=np.int64)))
     cout = w.shape[0] if len(w.shape) == 4 else w.shape[-1]
     return int(np.prod(out.shape, dtype=np.int64)) * int(np.prod(w.shape, dtype=np.int64)) // cout
 

@@ -173,7 +173,8 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
     threads = target.threads if target.threads > 0 else len(os.sched_getaffinity(0))
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
 
-    key_name = records.model_key(meta, shape, "float32", model_path.read_bytes())
+    relax_mod, dtype, int_model = frontend.import_model(model)
+    key_name = records.model_key(meta, shape, dtype, model_path.read_bytes())
     rec_dir = records.records_dir(resolved.cpu_key, key_name, tuning_root)
     rec_dir.mkdir(parents=True, exist_ok=True)
     done = repair_database(rec_dir)
@@ -181,7 +182,7 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
     log.info(f"tune: {key_name} for {resolved.cpu_key}: {done} trials on record in {rec_dir}, "
              f"{remaining} to go (budget {trials} trials, {minutes:g} min)")
 
-    fused = lowering.fuse(frontend.to_relax(model), resolved.tvm_target)
+    fused = lowering.fuse(relax_mod, resolved.tvm_target, fold_constants=int_model is None)
     tasks = ms.relax_integration.extract_tasks(fused, resolved.tvm_target)
     if not tasks:
         raise UsageError("no tunable kernels found in the model")
