@@ -28,6 +28,7 @@ from .errors import DeviceError, UsageError
 from .hashing import sha256_file
 
 ONNXRUNTIME = "onnxruntime"
+INTEGER = "integer"
 PYTORCH = "pytorch"
 
 
@@ -112,13 +113,14 @@ class Reference:
         raise NotImplementedError
 
 
-def ort_session(model_path: str | Path, threads: int = 2):
+def ort_session(model_path: str | Path, threads: int = 2, optimize: bool = True):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize \
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3
     return ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
 
@@ -130,12 +132,15 @@ class OnnxRuntimeReference(Reference):
         import onnxruntime as ort
 
         self.model_path = Path(model_path)
-        self.session = ort_session(model_path, threads)
+        # A QDQ model as a reference runs unfused: ORT's fused u8s8 kernels saturate on CPUs
+        # without VNNI and drift from the model's own QDQ arithmetic.
+        optimize = not _is_qdq(self.model_path)
+        self.session = ort_session(model_path, threads, optimize)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        self.description = (f"ONNX Runtime {ort.__version__} (CPU, ORT_ENABLE_ALL) on "
-                            f"{self.model_path}")
+        level = "ORT_ENABLE_ALL" if optimize else "ORT_DISABLE_ALL, QDQ as written"
+        self.description = f"ONNX Runtime {ort.__version__} (CPU, {level}) on {self.model_path}"
 
     def run(self, x: np.ndarray) -> np.ndarray:
         b = self.fixed_batch or 64
@@ -149,6 +154,12 @@ class OnnxRuntimeReference(Reference):
                 outs.append(self.session.run(None, {self.input_name: chunk})[0])
         y = np.concatenate(outs)
         return y.reshape(len(x), -1)
+
+
+def _is_qdq(path: Path) -> bool:
+    import onnx
+
+    return any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
 
 
 class TorchReference(Reference):
@@ -175,14 +186,42 @@ class TorchReference(Reference):
         return np.concatenate(outs).reshape(len(x), -1)
 
 
+class IntegerReference(Reference):
+    """The exact integer arithmetic of an int8 model (edge_mnv1/quantize.py, docs/int8.md):
+    uint8 in, uint8 out, the same integers every device must compute."""
+
+    name = INTEGER
+
+    def __init__(self, model_path: str | Path):
+        import onnx
+
+        from . import quantize
+
+        self.quantize = quantize
+        self.model = quantize.from_onnx(onnx.load(str(model_path)))
+        self.description = f"the integer reference (numpy, exact) of {model_path}"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        q = self.model.input_q
+        shape = self.model.input_shape
+        return np.stack([self.model.run(self.quantize.quantize_input(
+            xi.reshape(shape), q.scale, q.zero_point)).reshape(-1) for xi in x])
+
+
 def references_for(artifact: str | Path, manifest: dict, checkpoint: str | Path | None = None,
-                   threads: int = 2) -> tuple[list[Reference], list[str]]:
+                   threads: int = 2, first: str | None = None) -> tuple[list[Reference], list[str]]:
     """The references for an artifact, the one to judge by first, and notes for the report.
 
     PyTorch comes first when the checkpoint is known and loads (the model as trained);
-    ONNX Runtime is always there (the model as exported, i.e. as the compiler saw it)."""
+    ONNX Runtime is always there (the model as exported, i.e. as the compiler saw it); an
+    int8 artifact also has its integer reference. `first` picks the one to judge by."""
     meta = model_info(artifact, manifest)
     refs: list[Reference] = [OnnxRuntimeReference(artifact_model(artifact, manifest), threads)]
+    if manifest.get("quantization"):
+        refs.append(IntegerReference(artifact_model(artifact, manifest)))
+    elif first == INTEGER:
+        raise UsageError(f"{artifact}: a float artifact has no integer reference; "
+                         "`--reference integer` is for int8 models (edge-mnv1 quantize)")
     path, note = find_checkpoint(artifact, manifest, meta, checkpoint)
     notes = [note]
     if path is not None:
@@ -199,6 +238,13 @@ def references_for(artifact: str | Path, manifest: dict, checkpoint: str | Path 
                              f"artifact takes {shape[-1]}; ONNX Runtime is the reference")
             else:
                 refs.insert(0, ref)
+    if first is not None:
+        chosen = [r for r in refs if r.name == first]
+        if not chosen:
+            raise UsageError(f"--reference {first}: not available for {artifact} "
+                             f"({'; '.join(notes)})")
+        refs.remove(chosen[0])
+        refs.insert(0, chosen[0])
     notes.append(f"reference: {refs[0].description}")
     return refs, notes
 

@@ -138,9 +138,11 @@ def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path
         "required_cpu_features": list(resolved.required_features),
         "model": {"key": key, "source": str(model_path), "source_sha256": sha256_file(model_path),
                   **meta},
-        "input": {"name": model.graph.input[0].name, "shape": list(inp.shape), "dtype": inp.dtype},
+        "input": {"name": model.graph.input[0].name, "shape": list(inp.shape), "dtype": inp.dtype,
+                  **({"quantization": int_model.input_q.to_dict()} if int_model else {})},
         "output": {"name": model.graph.output[0].name, "shape": list(outp.shape),
-                   "dtype": outp.dtype},
+                   "dtype": outp.dtype,
+                   **({"quantization": int_model.output_q.to_dict()} if int_model else {})},
         "memory": {"arena_bytes": arena_bytes, "liveness_lower_bound": lower_bound,
                    "sum_of_activations": memory.total_activation_bytes(prog),
                    "workspace_bytes_per_thread": ws_bytes, "workspace_threads":

@@ -29,9 +29,14 @@ def add_arguments(p):
     p.add_argument("--checkpoint", metavar="CKPT",
                    help="the PyTorch reference's checkpoint (default: the one the model's "
                         "metadata names, if it is on this machine)")
+    p.add_argument("--reference", choices=("pytorch", "onnxruntime", "integer"),
+                   help="judge by this reference (default: PyTorch when the checkpoint is "
+                        "known, else ONNX Runtime). integer: the exact integer reference of an "
+                        "int8 model (edge_mnv1/quantize.py); the device must match it exactly")
     p.add_argument("--max-abs-error", type=float, metavar="X",
                    help="largest allowed |device - reference| (default: 1e-4 for float32 "
-                        "outputs, 1 step for int8)")
+                        "outputs; int8: 0 against the integer reference, only reported "
+                        "against float references)")
     p.add_argument("--min-top1", type=float, metavar="F",
                    help="smallest allowed top-1 agreement (default: 1.0 for float32)")
     p.add_argument("--min-cosine", type=float, metavar="C",
@@ -46,4 +51,5 @@ def run(args) -> dict:
     urls = fleet.device_urls(args.device, args.devices)
     return parity(args.artifact, urls, args.data, limit=args.limit, report_dir=args.report,
                   checkpoint=args.checkpoint, max_abs_error=args.max_abs_error,
-                  min_top1=args.min_top1, min_cosine=args.min_cosine)
+                  min_top1=args.min_top1, min_cosine=args.min_cosine,
+                  reference=args.reference)
