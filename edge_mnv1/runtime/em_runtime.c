@@ -125,6 +125,16 @@ int em_run(void) {
   return 0;
 }
 
+int em_run_call(uint32_t index) {
+  em_runtime_init();
+  g_error[0] = '\0';
+  if (index >= em_model.num_calls) {
+    em_set_error("no such kernel call");
+    return -1;
+  }
+  return run_call(&em_model.calls[index]);
+}
+
 int em_run_profiled(uint64_t* per_call) {
   em_runtime_init();
   g_error[0] = '\0';

@@ -12,6 +12,8 @@ extern "C" {
 
 /* Runs every call once; 0 on success, else -1 with em_last_error() set. */
 int em_run(void);
+/* Runs call `index` of the sequence alone (for per-call instruction counts); 0 or -1. */
+int em_run_call(uint32_t index);
 /* As em_run, adding each call's ticks to per_call (num_calls entries). */
 int em_run_profiled(uint64_t* per_call);
 const char* em_last_error(void);

@@ -1,0 +1,1 @@
+"""Measuring programs under emulators (instruction counts); no TVM, no torch."""
