@@ -125,6 +125,10 @@ class IntegerModel:
 
     def run(self, q_input: np.ndarray) -> np.ndarray:
         """The reference: uint8 input -> uint8 output, integers only."""
+        return self.activations(q_input)[self.output].astype(np.uint8)
+
+    def activations(self, q_input: np.ndarray) -> dict:
+        """Every activation (int64 arrays of uint8 values) by name, input included."""
         q_input = np.asarray(q_input)
         if q_input.dtype != np.uint8 or tuple(q_input.shape) != tuple(self.input_shape):
             raise UsageError(f"integer reference takes uint8 {tuple(self.input_shape)}, got "
@@ -133,7 +137,7 @@ class IntegerModel:
         for layer in self.layers:
             acts[layer.y] = _run_layer(layer, acts[layer.x], self.qparams[layer.x].zero_point,
                                        self.qparams[layer.y].zero_point)
-        return acts[self.output].astype(np.uint8)
+        return acts
 
     def manifest(self) -> dict:
         return {"scheme": SCHEME, "input": self.input_q.to_dict(),

@@ -9,6 +9,7 @@
  * Built by the tests, not run here: there is no STM32H7 in QEMU 7.2. */
 #include <stdint.h>
 
+#include "cortex_m7_caches.h"
 #include "em_board.h"
 
 #define REG(addr) (*(volatile uint32_t*)(uintptr_t)(addr))
@@ -46,15 +47,7 @@
 #define USART_RDR REG(USART + 0x24u)
 #define USART_TDR REG(USART + 0x28u)
 
-#define SCB_CCR REG(0xE000ED14u)
-#define SCB_CCSIDR REG(0xE000ED80u)
-#define SCB_CSSELR REG(0xE000ED84u)
-#define SCB_ICIALLU REG(0xE000EF50u)
-#define SCB_DCISW REG(0xE000EF60u)
-
 #define APB1_HZ (EM_CPU_HZ / 4u) /* sysclk / HPRE 2 / D2PPRE1 2 */
-
-static inline void barrier(void) { __asm volatile("dsb \n isb" ::: "memory"); }
 
 static void clocks_480mhz(void) {
   /* Supply from the LDO (the Nucleo's configuration); written once after reset. */
@@ -88,30 +81,9 @@ static void clocks_480mhz(void) {
   }
 }
 
-static void caches_on(void) {
-  barrier();
-  SCB_ICIALLU = 0u;
-  barrier();
-  SCB_CCR |= 1u << 17; /* IC */
-  barrier();
-  SCB_CSSELR = 0u; /* level 1 data cache */
-  barrier();
-  uint32_t ccsidr = SCB_CCSIDR;
-  uint32_t sets = (ccsidr >> 13) & 0x7FFFu;
-  do {
-    uint32_t ways = (ccsidr >> 3) & 0x3FFu;
-    do {
-      SCB_DCISW = ((sets << 5) & 0x3FE0u) | ((ways << 30) & 0xC0000000u);
-    } while (ways-- != 0u);
-  } while (sets-- != 0u);
-  barrier();
-  SCB_CCR |= 1u << 16; /* DC (no DMA here, so no coherence to keep) */
-  barrier();
-}
-
 void em_board_init(void) {
   clocks_480mhz();
-  caches_on();
+  cortex_m7_caches_on();
 }
 
 void em_board_uart_init(void) {
