@@ -7,7 +7,8 @@
   the line being written, which `repair_database` drops on the next start, and a rerun
   of the same command continues with the trials still owed.
 - Measuring: this machine (LocalRunner), one RPC server (--rpc HOST:PORT) or a pool of
-  boards behind TVM's RPC tracker (--tracker HOST:PORT --key K).
+  boards behind TVM's RPC tracker (--tracker HOST:PORT --key K); for aarch64 targets without
+  a board, instructions counted under qemu-aarch64 (--measure icount, icount_runner.py).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def _host_port(s: str, flag: str) -> tuple[str, int]:
 
 def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
          rpc: str | None = None, tracker: str | None = None, key: str | None = None,
-         tuning_root: Path | None = None, seed: int = 0) -> dict:
+         tuning_root: Path | None = None, seed: int = 0, measure: str | None = None) -> dict:
     from tqdm import tqdm
 
     model_path = Path(model_path)
@@ -165,10 +166,15 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
     if resolved.triple.startswith(("thumb", "arm")) and not (rpc or tracker):
         raise UsageError(f"{target.name}: MCU kernels cannot be measured on this machine; "
                          "compile untuned, or tune a Linux target")
-    if resolved.triple.startswith("aarch64") and not (rpc or tracker):
+    measure = measure or ("icount" if resolved.triple.startswith("aarch64") and not (rpc or tracker)
+                          else "time")
+    if measure == "icount" and (rpc or tracker or not resolved.triple.startswith("aarch64")):
+        raise UsageError("--measure icount counts aarch64 instructions under qemu-aarch64; it "
+                         "takes no --rpc/--tracker and needs an aarch64 target")
+    if measure != "icount" and resolved.triple.startswith("aarch64") and not (rpc or tracker):
         raise UsageError(f"{target.name} is an aarch64 board: measure on it through TVM's RPC "
-                         "server (--rpc HOST:PORT) or a tracker (--tracker HOST:PORT --key K); "
-                         "see the README's 'Tuning on a board'")
+                         "server (--rpc HOST:PORT), a tracker (--tracker HOST:PORT --key K), "
+                         "or count instructions under qemu-aarch64 (--measure icount)")
     # The runner's worker processes inherit this: TVM would otherwise use one thread here.
     threads = target.threads if target.threads > 0 else len(os.sched_getaffinity(0))
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
@@ -187,6 +193,7 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
     if not tasks:
         raise UsageError("no tunable kernels found in the model")
     result = {"records_dir": str(rec_dir), "cpu_key": resolved.cpu_key, "model_key": key_name,
+              "measure": measure,
               "tasks": len(tasks), "trials_before": done, "trials_budget": trials}
     t0 = time.time()
     stopped = "trials"
@@ -195,8 +202,13 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
         ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir=str(rec_dir / "logs"), space="post-order-apply",
             strategy="evolutionary", num_threads=threads, seed=seed)
-        builder = InProcessBuilder(_export_for(resolved.triple))
-        runner = _runner(rpc, tracker, key, threads)
+        if measure == "icount":  # instructions under qemu-aarch64, not seconds (icount_runner.py)
+            from .icount_runner import IcountRunner, export_object
+
+            builder, runner = InProcessBuilder(export_object), IcountRunner(target)
+        else:
+            builder = InProcessBuilder(_export_for(resolved.triple))
+            runner = _runner(rpc, tracker, key, threads)
         best: dict = {}
         deadline = t0 + minutes * 60
         with tqdm(total=remaining, desc="tune", unit="trial", file=__import__("sys").stderr) as bar:
@@ -211,6 +223,9 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
                 if "TuningTimeUp" not in f"{type(e).__name__} {e}":
                     raise
                 stopped = "time"
+            finally:
+                if measure == "icount":
+                    runner.close()
         shutil.rmtree(rec_dir / "logs", ignore_errors=True)
         result["best_estimate_ms"] = round(sum(float(weights[t]) * s for t, s in best.items()) * 1e3, 4)
     result["trials_after"] = repair_database(rec_dir)

@@ -1,4 +1,4 @@
-"""edge-mnv1 tune MODEL.onnx --target T [--trials N] [--minutes M] [--rpc H:P | --tracker H:P --key K]"""
+"""edge-mnv1 tune MODEL.onnx --target T [--trials N] [--minutes M] [--rpc H:P | --tracker H:P --key K | --measure icount]"""
 
 HELP = ("auto-tune the model's kernels for a target with MetaSchedule; records are kept under "
         "compile/tuning/ and a rerun continues where an interrupted run stopped")
@@ -14,6 +14,10 @@ def add_arguments(p):
     p.add_argument("--rpc", metavar="HOST:PORT", help="measure on a board running TVM's RPC server")
     p.add_argument("--tracker", metavar="HOST:PORT", help="measure on boards behind a TVM RPC tracker")
     p.add_argument("--key", help="the device key boards registered with the tracker (e.g. rpi4)")
+    p.add_argument("--measure", choices=("time", "icount"),
+                   help="time: run candidates on this machine or the --rpc/--tracker board; "
+                        "icount: count their instructions under qemu-aarch64 (the default for "
+                        "aarch64 targets without --rpc/--tracker; docs/performance.md)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -25,12 +29,16 @@ def run(args) -> dict:
         raise UsageError("--trials must be >= 1 and --minutes > 0")
     if args.rpc and args.tracker:
         raise UsageError("give either --rpc or --tracker, not both")
+    from ..compiler.icount_runner import NOMINAL_HZ
     from ..compiler.tune import tune
 
     r = tune(args.model, load_target(args.target), trials=args.trials, minutes=args.minutes,
-             rpc=args.rpc, tracker=args.tracker, key=args.key, seed=args.seed)
+             rpc=args.rpc, tracker=args.tracker, key=args.key, seed=args.seed,
+             measure=args.measure)
     r["text"] = (f"tuned {r['model_key']} for {r['cpu_key']}: {r['trials_after']} trials on record "
                  f"({r['trials_before']} before this run; stopped by {r['stopped_by']}) in "
                  f"{r['records_dir']}" + (f"; best estimate {r['best_estimate_ms']} ms"
-                                          if "best_estimate_ms" in r else ""))
+                                          if "best_estimate_ms" in r else "")
+                 + (f" (instructions at a nominal {NOMINAL_HZ / 1e9:g} GHz, one per cycle)"
+                    if r.get("measure") == "icount" and "best_estimate_ms" in r else ""))
     return r
