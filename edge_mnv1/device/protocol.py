@@ -25,6 +25,11 @@ HELLO, INFER, BENCH, PROFILE, SELFTEST, ERROR, REPLY = 0x01, 0x02, 0x03, 0x04, 0
 ERROR_NAMES = {1: "BAD_CRC", 2: "TOO_LARGE", 3: "BAD_VERSION", 4: "UNKNOWN_TYPE",
                5: "BAD_LENGTH", 6: "KERNEL_FAILED", 7: "BAD_ARGUMENT"}
 DEFAULT_MAX_REPLY = 1 << 24  # until hello has told us the device's frame size
+MAX_DEVICE_PAYLOAD = 1 << 26  # the largest frame buffer a device may announce in hello
+MAX_TEXT_LINE = 4096          # device text (boot line, noise) kept per line ...
+MAX_TEXT_LINES = 200          # ... and lines kept: line noise never grows memory without bound
+DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32",
+          "uint32", "int64")
 
 
 class ProtocolError(DeviceError):
@@ -54,6 +59,7 @@ class FrameDecoder:
         self.max_payload = max_payload
         self.skipped = bytearray()
         self.bad_frames = 0
+        self.corrupt_seqs: set[int] = set()  # checked headers whose payload CRC failed
 
     def feed(self, data: bytes) -> None:
         self.buf.extend(data)
@@ -64,20 +70,17 @@ class FrameDecoder:
             i = self.buf.find(MAGIC)
             if i < 0:
                 keep = 1 if self.buf[-1:] == MAGIC[:1] else 0
-                self.skipped.extend(self.buf[:len(self.buf) - keep])
-                del self.buf[:len(self.buf) - keep]
+                self._skip(len(self.buf) - keep)
                 return None
             if i:
-                self.skipped.extend(self.buf[:i])
-                del self.buf[:i]
+                self._skip(i)
             if len(self.buf) < HEADER.size:
                 return None
             magic, version, mtype, seq, _res, length, hcrc = HEADER.unpack_from(self.buf)
             if zlib.crc32(bytes(self.buf[:12])) != hcrc or length > self.max_payload:
                 # Not a trustworthy header: drop one byte and look for the next magic.
                 self.bad_frames += 1
-                self.skipped.extend(self.buf[:1])
-                del self.buf[:1]
+                self._skip(1)
                 continue
             total = HEADER.size + length + 4
             if len(self.buf) < total:
@@ -86,8 +89,8 @@ class FrameDecoder:
             (pcrc,) = struct.unpack_from("<I", self.buf, HEADER.size + length)
             if zlib.crc32(payload) != pcrc:
                 self.bad_frames += 1
-                self.skipped.extend(self.buf[:1])
-                del self.buf[:1]
+                self.corrupt_seqs.add(seq)
+                self._skip(1)
                 continue
             del self.buf[:total]
             if version != VERSION:
@@ -99,6 +102,12 @@ class FrameDecoder:
         out = bytes(self.skipped)
         self.skipped.clear()
         return out
+
+    def _skip(self, n: int) -> None:
+        self.skipped.extend(self.buf[:n])
+        if len(self.skipped) > 2 * MAX_TEXT_LINE:  # nobody collects them: keep the tail
+            del self.skipped[:-MAX_TEXT_LINE]
+        del self.buf[:n]
 
 
 class Client:
@@ -116,9 +125,17 @@ class Client:
         self._partial = ""          # text not yet ended by a newline (a UART delivers in pieces)
         self.replies = 0            # replies the device must have counted (see check_not_reset)
         self._hello_mark: tuple[int, int] | None = None
+        # What went wrong on the link and was caught: replies that never came (timeouts),
+        # replies whose payload CRC failed, requests the device refused as corrupt (BAD_CRC).
+        self.timeouts = 0
+        self.corrupt_replies = 0
+        self.rejected_requests = 0
+        self.verbose = True         # log each retry and each piece of line noise
 
     # -- plumbing --------------------------------------------------------------------
-    def _read_frame(self, deadline: float):
+    def _read_frame(self, deadline: float, corrupt_seq: int | None = None):
+        """The next whole frame; None at the deadline, or at once when a reply to request
+        `corrupt_seq` came with a bad payload CRC (no other reply to it is on the way)."""
         while True:
             frame = self.decoder.next_frame()
             skipped = self.decoder.take_skipped()
@@ -127,6 +144,9 @@ class Client:
             if frame is not None:
                 self._flush_text()
                 return frame
+            if corrupt_seq is not None and corrupt_seq in self.decoder.corrupt_seqs:
+                self.corrupt_replies += 1
+                return None
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
@@ -136,6 +156,9 @@ class Client:
         text = self._partial + data.decode("utf-8", "replace")
         lines = text.split("\n")
         self._partial = lines.pop()  # whole lines only; the rest waits for its newline
+        if len(self._partial) > MAX_TEXT_LINE:  # no newline in sight: noise, not a line
+            lines.append(self._partial)
+            self._partial = ""
         for line in lines:
             self._add_line(line)
 
@@ -145,9 +168,14 @@ class Client:
             self._partial = ""
 
     def _add_line(self, line: str) -> None:
-        if line.strip():
-            self.text_lines.append(line.strip())
-            log.info(f"device: {line.strip()[:200]}")
+        line = line.strip()[:MAX_TEXT_LINE]
+        if not line:
+            return
+        self.text_lines.append(line)
+        if len(self.text_lines) > MAX_TEXT_LINES:
+            del self.text_lines[:-MAX_TEXT_LINES]
+        if self.verbose:
+            log.info(f"device: {line[:200]}")
 
     def request(self, msg_type: int, payload: bytes = b"", timeout: float | None = None) -> bytes:
         self.seq = (self.seq + 1) & 0xFFFF
@@ -157,14 +185,18 @@ class Client:
         for attempt in range(self.retries + 1):
             if attempt:
                 self.retried += 1
-                log.info(f"protocol: no valid reply to request {seq} (type {msg_type:#x}); "
-                         f"retry {attempt} of {self.retries}")
+                if self.verbose:
+                    log.info(f"protocol: no valid reply to request {seq} (type {msg_type:#x}); "
+                             f"retry {attempt} of {self.retries}")
+            self.decoder.corrupt_seqs.clear()
             self.transport.write(frame)
             deadline = time.monotonic() + timeout
             while True:
-                got = self._read_frame(deadline)
+                got = self._read_frame(deadline, corrupt_seq=seq)
                 if got is None:
-                    break  # timed out: resend the same request
+                    if seq not in self.decoder.corrupt_seqs:
+                        self.timeouts += 1
+                    break  # timed out or the reply came corrupt: resend the same request
                 mtype, rseq, body = got
                 if rseq != seq:
                     continue  # a late reply to an earlier request: never accept it for this one
@@ -172,31 +204,23 @@ class Client:
                     code, message = _parse_error(body)
                     if code != 1:  # the device counted the request (a bad header is not)
                         self.replies += 1
-                    if code == 1 and attempt < self.retries:  # the device saw a corrupt request
-                        break
+                    if code == 1:
+                        self.rejected_requests += 1
+                        if attempt < self.retries:  # the device saw a corrupt request
+                            break
                     raise RemoteError(code, message)
                 if mtype != (msg_type | REPLY):
                     raise ProtocolError(f"reply type {mtype:#x} to a request of type {msg_type:#x}")
                 self.replies += 1
                 return body
         raise DeviceError(f"no valid reply from {self.transport.description} after "
-                          f"{self.retries + 1} attempts of {timeout:.0f} s; check that the device "
+                          f"{self.retries + 1} attempts of {timeout:g} s; check that the device "
                           "runs this artifact's program and that the link is up")
 
     # -- messages --------------------------------------------------------------------
     def hello(self) -> dict:
-        body = self.request(HELLO)
-        try:
-            info = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ProtocolError(f"hello reply is not JSON ({e})") from None
-        if not isinstance(info, dict) or info.get("protocol") != VERSION:
-            raise ProtocolError(f"device speaks protocol {info.get('protocol') if isinstance(info, dict) else '?'}"
-                                f", this host speaks {VERSION}; rebuild the device program")
-        for key in ("input", "output", "max_payload"):
-            if key not in info:
-                raise ProtocolError(f"hello reply lacks {key!r}")
-        self.decoder.max_payload = max(int(info["max_payload"]), 4096) + 64
+        info = check_hello_reply(_json_reply(self.request(HELLO), "hello"))
+        self.decoder.max_payload = max(info["max_payload"], 4096) + 64
         self.info = info
         if isinstance(info.get("requests"), int):
             self._hello_mark = (info["requests"], self.replies)
@@ -266,11 +290,56 @@ class Client:
         return list(struct.unpack_from(f"<{n}Q", body, 4))
 
     def selftest(self) -> dict:
-        body = self.request(SELFTEST)
-        try:
-            return json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ProtocolError(f"selftest reply is not JSON ({e})") from None
+        result = _json_reply(self.request(SELFTEST), "selftest")
+        if not isinstance(result, dict) or not isinstance(result.get("passed"), bool):
+            raise ProtocolError(f"selftest reply has no true/false 'passed': {str(result)[:200]}")
+        return result
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _json_reply(body: bytes, what: str):
+    """A JSON reply, or ProtocolError (not a ValueError, RecursionError, ...)."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ProtocolError(f"{what} reply is not JSON ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def check_hello_reply(info) -> dict:
+    """A hello the client can act on: everything it will size or shape by is checked here,
+    so that a malformed hello is a ProtocolError now, not a TypeError in infer later."""
+    if not isinstance(info, dict) or not _is_count(info.get("protocol")) \
+            or info["protocol"] != VERSION:
+        got = info.get("protocol") if isinstance(info, dict) else "?"
+        raise ProtocolError(f"device speaks protocol {str(got)[:40]}, this host speaks {VERSION}; "
+                            "rebuild the device program")
+    limit = info.get("max_payload")
+    if not _is_count(limit) or not 0 < limit <= MAX_DEVICE_PAYLOAD:
+        raise ProtocolError(f"hello reply: max_payload {str(limit)[:40]} is not a frame size "
+                            f"from 1 to {MAX_DEVICE_PAYLOAD}")
+    for key in ("input", "output"):
+        t = info.get(key)
+        if not isinstance(t, dict):
+            raise ProtocolError(f"hello reply lacks {key!r}")
+        shape, dtype, nbytes = t.get("shape"), t.get("dtype"), t.get("bytes")
+        if not isinstance(shape, list) or not 1 <= len(shape) <= 8 \
+                or not all(_is_count(d) and d >= 1 for d in shape):
+            raise ProtocolError(f"hello reply: {key} shape {str(shape)[:60]} is not a list of "
+                                "positive integers")
+        if dtype not in DTYPES:
+            raise ProtocolError(f"hello reply: {key} dtype {str(dtype)[:40]} is not one of "
+                                f"{', '.join(DTYPES)}")
+        if not _is_count(nbytes) or nbytes != int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize \
+                or nbytes > limit:
+            raise ProtocolError(f"hello reply: {key} bytes {str(nbytes)[:40]} does not match "
+                                f"shape {shape} of {dtype} within max_payload {limit}")
+    for key in ("requests", "boot_count"):
+        if key in info and not _is_count(info[key]):
+            raise ProtocolError(f"hello reply: {key} {str(info[key])[:40]} is not a count")
+    return info
 
 
 def _parse_error(body: bytes) -> tuple[int, str]:
