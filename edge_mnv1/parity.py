@@ -243,6 +243,20 @@ class Prepared:
                             **{k: v for k, v in between.items() if k != "disagreements"}}
         for w in self.warnings:
             log.info(f"parity: warning: {w}")
+        self.on_progress = None  # (url, inputs done): the running report's update
+
+
+def write_running_report(report_dir, artifact, urls: list[str], data: str,
+                         requested: int | None, completed: dict) -> None:
+    """The report while the run has not finished: partial, with the inputs done so far per
+    device. A run killed midway leaves this, never a stale or half-written report."""
+    done = ", ".join(f"{u}: {k}" for u, k in completed.items())
+    body = {"partial": True, "finished": False, "passed": False, "artifact": str(artifact),
+            "devices": urls, "data": data, "requested": requested, "completed": completed}
+    report.write(report_dir, body,
+                 f"parity of {artifact} on {', '.join(urls)}: PARTIAL: the run has not finished "
+                 f"(killed or still running); inputs done: {done or 'none yet'} of "
+                 f"{requested if requested is not None else '?'}; rerun to complete")
 
 
 def run_inputs(dev, prep: Prepared, progress: str = "") -> tuple[np.ndarray, Exception | None]:
@@ -257,6 +271,8 @@ def run_inputs(dev, prep: Prepared, progress: str = "") -> tuple[np.ndarray, Exc
         except DeviceError as e:
             return np.asarray(outs).reshape(len(outs), -1), e
         outs.append(np.asarray(y).reshape(-1))
+        if prep.on_progress is not None and (i + 1) % step == 0:
+            prep.on_progress(dev.url, i + 1)
         now = time.perf_counter()
         if (i + 1) % step == 0 and now - last > 3:  # progress on slow devices only
             last = now
@@ -354,9 +370,18 @@ def parity(artifact, urls: list[str], data: str, limit: int | None = None,
     thresholds = default_thresholds(manifest["output"]["dtype"], reference,
                                     max_abs_error=max_abs_error, min_top1=min_top1,
                                     min_cosine=min_cosine)
+    completed = {url: 0 for url in urls}
+    if report_dir:  # first of all: an old report in the directory no longer stands
+        write_running_report(report_dir, artifact, urls, data, limit, completed)
     prep = Prepared(artifact, manifest, data, limit, checkpoint, thresholds, reference=reference)
     outputs: dict = {}
     lock = threading.Lock()
+    if report_dir:
+        def on_progress(url: str, k: int) -> None:
+            with lock:
+                completed[url] = k
+                write_running_report(report_dir, artifact, urls, data, len(prep.x), completed)
+        prep.on_progress = on_progress
     results = fleet.run_fleet(urls, lambda url: _device_task(url, prep, outputs, lock))
     for r in results:
         if "text" not in r:
@@ -435,5 +460,6 @@ def write_reports(report_dir, results: list[dict], prep: Prepared, outputs: dict
     if not single:
         combined = fleet.combine([{k: v for k, v in r.items() if k not in ("text", "_exception")}
                                   for r in results])
+        combined["partial"] = any(r.get("partial", "n" not in r) for r in results)
         report.write(root, combined, "\n\n".join(r.get("text", "") for r in results)
                      + "\n\n" + fleet.summary_line(results))

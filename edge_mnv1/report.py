@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -48,9 +49,16 @@ def write(report_dir, body: dict, text: str) -> Path:
     """report.json and summary.txt in `report_dir` (created)."""
     d = _mkdir(Path(report_dir))
     body = {k: v for k, v in body.items() if k not in ("text", "_exception")}
-    (d / "report.json").write_text(json.dumps(_clean(body), indent=2, default=_jsonable) + "\n")
-    (d / "summary.txt").write_text(text.rstrip() + "\n")
+    _replace(d / "report.json", json.dumps(_clean(body), indent=2, default=_jsonable) + "\n")
+    _replace(d / "summary.txt", text.rstrip() + "\n")
     return d / "report.json"
+
+
+def _replace(path: Path, text: str) -> None:
+    """Whole or not at all: a run killed while writing leaves the previous file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def device_dirname(index: int, url: str) -> str:
