@@ -4,6 +4,7 @@
     ssh://user@host[:port][/dir]  the system OpenSSH client (device/ssh.py)
     serial:///dev/ttyACM0?baud=N, socket://host:port, rfc2217://host:port   pyserial
     emulated                      start the target's emulated device for this command
+    faults:SPEC+URL               any of these through a fault-injecting link (device/faults.py)
 
 Each scheme's module has `open(url, artifact, manifest, target) -> (transport, cleanup)`.
 """
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 from ..errors import DeviceError, UsageError
 from ..targets import load_target
 from .artifact import load_manifest
+from .faults import FaultSpec, FaultyTransport, split_url
 from .protocol import Client
 
 SCHEMES = {"local": "local", "ssh": "ssh", "serial": "serial_link", "socket": "serial_link",
@@ -25,6 +27,8 @@ SCHEMES = {"local": "local", "ssh": "ssh", "serial": "serial_link", "socket": "s
 
 
 def scheme_of(url: str) -> str:
+    if url.startswith("faults:"):
+        url = split_url(url)[1]
     if url in ("local", "emulated"):
         return url
     scheme = urlsplit(url).scheme
@@ -43,6 +47,7 @@ class Device:
         self.client = client
         self._stack = stack
         self.hello = None
+        self.faults: FaultyTransport | None = None  # the fault-injecting link, if any
 
     def close(self) -> None:
         self._stack.close()
@@ -66,11 +71,21 @@ def check_hello(hello: dict, manifest: dict, url: str) -> None:
 
 
 def open_device(url: str, artifact: str | Path, manifest: dict | None = None,
-                timeout: float = 120.0, retries: int = 2) -> Device:
+                timeout: float = 120.0, retries: int = 2,
+                faults: FaultSpec | str | None = None) -> Device:
+    """Connects, reads hello and checks it against the artifact. `faults` (or a
+    `faults:SPEC+` prefix on the URL) puts a fault-injecting link in between, from the start."""
+    prefixed, link_url = split_url(url)
+    if isinstance(faults, str):
+        faults = FaultSpec.parse(faults)
+    if prefixed and faults:
+        raise UsageError("give the faults either as a faults:SPEC+ device prefix or as an "
+                         "option, not both")
+    faults = faults or prefixed
     artifact = Path(artifact)
     manifest = manifest or load_manifest(artifact)
     target = load_target(manifest["target"])
-    scheme = scheme_of(url)
+    scheme = scheme_of(link_url)
     stack = contextlib.ExitStack()
     try:
         if scheme == "local":
@@ -80,10 +95,13 @@ def open_device(url: str, artifact: str | Path, manifest: dict | None = None,
                                    (target.emulator or {}).get("env"))
         else:
             mod = importlib.import_module(f"edge_mnv1.device.{SCHEMES[scheme]}")
-            transport = mod.open(url, artifact, manifest, target, stack)
+            transport = mod.open(link_url, artifact, manifest, target, stack)
         stack.callback(transport.close)
+        if faults is not None:
+            transport = FaultyTransport(transport, faults)
         client = Client(transport, timeout=timeout, retries=retries)
         dev = Device(url, client, stack)
+        dev.faults = transport if faults is not None else None
         dev.hello = client.hello()
         check_hello(dev.hello, manifest, url)
         return dev
