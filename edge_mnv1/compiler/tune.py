@@ -4,7 +4,7 @@
   that re-imports TVM: minutes per batch on this machine kind).
 - Records go to compile/tuning/<cpu key>/<model key>/ as MetaSchedule's JSON database,
   one line per measured trial, appended as soon as it is measured: a kill -9 loses at most
-  the line being written, which `repair_database` drops on the next start, and a rerun
+  the line being written, which `records.repair_database` drops on the next start, and a rerun
   of the same command continues with the trials still owed.
 - Measuring: this machine (LocalRunner), one RPC server (--rpc HOST:PORT) or a pool of
   boards behind TVM's RPC tracker (--tracker HOST:PORT --key K); for aarch64 targets without
@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -93,33 +92,6 @@ class Progress(PyMeasureCallback):
             raise TuningTimeUp()
 
 
-def repair_database(path: Path) -> int:
-    """Drops an incomplete last line (a write cut by kill -9). Returns records kept."""
-    kept = 0
-    for name in (records.WORKLOADS, records.RECORDS):
-        f = path / name
-        if not f.exists():
-            continue
-        lines = f.read_bytes().split(b"\n")
-        good = []
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                json.loads(line)
-                good.append(line)
-            except ValueError:
-                log.info(f"tune: dropping a damaged line of {f.name} (an interrupted write)")
-        data = b"\n".join(good) + (b"\n" if good else b"")
-        if data != f.read_bytes():
-            tmp = f.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, f)  # atomic: a kill now leaves the old or the new file
-        if name == records.RECORDS:
-            kept = len(good)
-    return kept
-
-
 def _runner(rpc: str | None, tracker: str | None, key: str | None, threads: int):
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50,
                                           enable_cpu_cache_flush=False)
@@ -183,7 +155,7 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
     key_name = records.model_key(meta, shape, dtype, model_path.read_bytes())
     rec_dir = records.records_dir(resolved.cpu_key, key_name, tuning_root)
     rec_dir.mkdir(parents=True, exist_ok=True)
-    done = repair_database(rec_dir)
+    done = records.repair_database(rec_dir)
     remaining = max(0, trials - done)
     log.info(f"tune: {key_name} for {resolved.cpu_key}: {done} trials on record in {rec_dir}, "
              f"{remaining} to go (budget {trials} trials, {minutes:g} min)")
@@ -228,7 +200,7 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
                     runner.close()
         shutil.rmtree(rec_dir / "logs", ignore_errors=True)
         result["best_estimate_ms"] = round(sum(float(weights[t]) * s for t, s in best.items()) * 1e3, 4)
-    result["trials_after"] = repair_database(rec_dir)
+    result["trials_after"] = records.repair_database(rec_dir)
     result["stopped_by"] = stopped if remaining > 0 else "already done"
     result["seconds"] = round(time.time() - t0, 1)
     return result
