@@ -252,7 +252,9 @@ def write_running_report(report_dir, artifact, urls: list[str], data: str,
     device. A run killed midway leaves this, never a stale or half-written report."""
     done = ", ".join(f"{u}: {k}" for u, k in completed.items())
     body = {"partial": True, "finished": False, "passed": False, "artifact": str(artifact),
-            "devices": urls, "data": data, "requested": requested, "completed": completed}
+            "devices": urls, "data": data, "requested": requested,
+            # as in the final report: a count for one device, a count per device for several
+            "completed": next(iter(completed.values())) if len(completed) == 1 else dict(completed)}
     report.write(report_dir, body,
                  f"parity of {artifact} on {', '.join(urls)}: PARTIAL: the run has not finished "
                  f"(killed or still running); inputs done: {done or 'none yet'} of "
