@@ -28,7 +28,8 @@ from .device.protocol import ERROR_NAMES, RemoteError
 from .errors import CheckFailed, DeviceError, UsageError
 
 FRAME_OVERHEAD = 20  # header 16 + payload CRC 4
-MAX_CONSECUTIVE_FAILURES = 200  # the link is down, not noisy: stop and say so
+MAX_CONSECUTIVE_FAILURES = 200  # nothing gets through: stop and say so
+MIN_TIMEOUT = 0.1  # s per attempt at least; a reply later than that is still taken if it comes
 
 
 def make_inputs(manifest: dict, count: int, seed: int) -> list[np.ndarray]:
@@ -69,14 +70,15 @@ def soak(artifact: str | Path, url: str, requests: int, faults: FaultSpec, *,
     with open_device(url, artifact, manifest, timeout=120.0, retries=2) as dev:
         client = dev.client
         reference, latency = _clean_reference(client, xs, url)
-        attempt_timeout = timeout or max(0.25, 5 * latency)
+        attempt_timeout = timeout or max(MIN_TIMEOUT, 5 * latency)
         link = FaultyTransport(client.transport, faults)
         client.transport, client.timeout, client.retries = link, attempt_timeout, retries
         client.verbose = False
         log.info(f"soak: {requests} requests to {url} through faults {faults}; "
                  f"{attempt_timeout:.3g} s per attempt, {retries} retries; a clean attempt has "
                  f"p={arithmetic['p_attempt_clean']:.3g}")
-        run = _faulty_run(client, link, xs, reference, requests, progress)
+        run = _faulty_run(client, link, xs, reference, requests, progress,
+                          hopeless=arithmetic["p_attempt_clean"] < 0.05)
         link.enabled = False
         client.retries = max(client.retries, 3)
         device_ok, device_error = True, None
@@ -117,7 +119,7 @@ def _clean_reference(client, xs, url) -> tuple[list[bytes], float]:
 
 
 def _faulty_run(client, link: FaultyTransport, xs, reference, requests: int,
-                progress: bool) -> dict:
+                progress: bool, hopeless: bool = False) -> dict:
     accepted = wrong = failed = unclean_accepted = retried_requests = 0
     failures: dict[str, int] = {}
     examples: list[str] = []
@@ -138,8 +140,10 @@ def _faulty_run(client, link: FaultyTransport, xs, reference, requests: int,
             if len(examples) < 5:
                 examples.append(f"request {i}: {e}")
             if consecutive >= MAX_CONSECUTIVE_FAILURES:
-                aborted = (f"{consecutive} requests in a row failed: the link is down, not "
-                           "noisy; stopped")
+                aborted = (f"{consecutive} requests in a row failed, "
+                           + ("as the link arithmetic predicts for frames of this size"
+                              if hopeless else "more than these error rates explain: the link "
+                              "or the device is down") + "; stopped")
                 break
         else:
             consecutive = 0

@@ -17,7 +17,7 @@ def add_arguments(p):
                    help="distinct seeded inputs, cycled (default 8)")
     p.add_argument("--timeout", type=float, metavar="S",
                    help="seconds per attempt (default: 5x the slowest clean request, at least "
-                        "0.25)")
+                        "0.1)")
     p.add_argument("--retries", type=int, default=8, metavar="R",
                    help="resends of a request before it is reported failed (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
