@@ -160,8 +160,20 @@ def attach_baselines(r: dict, host: dict) -> dict:
     return r
 
 
+def instruction_counts(artifact, manifest: dict, calls: bool = False) -> dict:
+    """The artifact's program counted under the target's qemu (aarch64 targets; {} for
+    others): instructions per inference and per multiply-add, single-threaded. A count, not a
+    time: no caches, memory bandwidth, dual issue or NEON latency in it (docs/performance.md)."""
+    from .emulation.count_program import artifact_counts
+
+    with fleet.THIS_MACHINE:  # not while another device's timed section runs here
+        log.info("counting instructions under the target's emulator (qemu, TCG plugin)")
+        return artifact_counts(artifact, manifest, calls=calls,
+                               workers=min(2, len(__import__("os").sched_getaffinity(0)))) or {}
+
+
 def bench(artifact, urls: list[str], runs: int = 50, warmup: int = 5, threads: int = 2,
-          report_dir=None, checkpoint=None, host: bool = True) -> dict:
+          report_dir=None, checkpoint=None, host: bool = True, count: bool = True) -> dict:
     if runs < 1 or runs > 10000:
         raise UsageError(f"--runs {runs}: give 1 to 10000 runs")
     if warmup < 0 or warmup > 10000:
@@ -178,8 +190,10 @@ def bench(artifact, urls: list[str], runs: int = 50, warmup: int = 5, threads: i
     results = fleet.run_fleet(urls, one)
     baselines = host_baselines(artifact, manifest, runs, warmup, threads, checkpoint) \
         if host else {}
+    counts = instruction_counts(artifact, manifest) if count else {}
     for r in results:
         attach_baselines(r, baselines)
+        r.update(counts)
         r["threads"] = threads
         r["machine"] = load
         r["warnings"] = list(load["warnings"]) + ([r["emulated_note"]] if r.get("emulated")
@@ -190,6 +204,7 @@ def bench(artifact, urls: list[str], runs: int = 50, warmup: int = 5, threads: i
     if len(results) == 1:
         return fleet.pop_single(results)
     combined = fleet.combine(results)
+    combined.update(counts)
     combined.update({"onnxruntime_ms": baselines.get("onnxruntime", {}).get("median_ms"),
                      "torch_ms": baselines.get("pytorch", {}).get("median_ms"),
                      "host": baselines, "runs": runs})
@@ -220,6 +235,14 @@ def summary_text(r: dict, manifest: dict) -> str:
                      f"(p10 {r['device_p10_ticks']:,.0f}, p90 {r['device_p90_ticks']:,.0f}), "
                      f"{per_mac:.2f} {r['tick_unit']} per multiply-add; not a time, so no "
                      "ratio to the host's times")
+    if r.get("instructions_per_inference"):
+        per_mac = r["instructions_per_mac"]
+        lines.append(f"  instructions  {r['instructions_per_inference']:,} per inference"
+                     + (f", {per_mac:.3f} per multiply-add" if per_mac else "")
+                     + f" ({r['instructions_note']}; a count, not a time: no caches, memory "
+                       "bandwidth, dual issue or NEON latency in it)")
+    elif r.get("instructions_error"):
+        lines.append(f"  instructions  not counted: {r['instructions_error']}")
     host = r.get("host") or {}
     for name, label in (("onnxruntime", "ONNX Runtime"), ("pytorch", "PyTorch eager")):
         h = host.get(name)
@@ -315,25 +338,49 @@ def profile_text(r: dict, top: int | None = None) -> str:
             f"{r['runs']} runs, per inference "
             + (f"{r['total_ms']:.3f} ms, {r['gmac_per_s']:.2f} GMAC/s" if ms else
                f"{r['total_ticks']:,.0f} {unit}, {r['macs_per_tick']:.3f} MAC per {unit[:-1]}"))
+    counted = any("instructions" in c for c in r["calls"])
     lines = [head, f"  {'call':>4}  {'kernel':<32} {'MACs':>10} "
-                   f"{'ms' if ms else unit:>12} {'share':>7} {'GMAC/s' if ms else 'MAC/tick':>9}"]
+                   f"{'ms' if ms else unit:>12} {'share':>7} {'GMAC/s' if ms else 'MAC/tick':>9}"
+                   + (f" {'instructions':>13} {'per MAC':>7}" if counted else "")]
     for c in r["calls"]:
         v = c["ms"] if ms else c["ticks"]
         rate = c["gmac_per_s"] if ms else c["macs_per_tick"]
+        ipm = c.get("instructions_per_mac")
         lines.append(f"  {c['call']:>4}  {c['kernel'][:32]:<32} {c['macs']:>10,} "
                      + (f"{v:>12.4f}" if ms else f"{v:>12,.0f}")
-                     + f" {100 * c['share']:>6.1f}% " + (f"{rate:>9.2f}" if rate else f"{'-':>9}"))
+                     + f" {100 * c['share']:>6.1f}% " + (f"{rate:>9.2f}" if rate else f"{'-':>9}")
+                     + (f" {c.get('instructions', 0):>13,} " + (f"{ipm:>7.3f}" if ipm else
+                                                               f"{'-':>7}") if counted else ""))
+    if r.get("instructions_per_inference"):
+        lines.append(f"  instructions: {r['instructions_per_inference']:,} per inference, "
+                     f"{r['instructions_per_mac']:.3f} per multiply-add; per call = the call "
+                     f"run alone ({r['instructions_note']}); a count, not a time")
+    elif r.get("instructions_error"):
+        lines.append(f"  instructions not counted: {r['instructions_error']}")
     if r.get("emulated"):
         lines.append(f"  NOTE: {r['emulated_note']}.")
     return "\n".join(lines)
 
 
-def profile(artifact, url: str, runs: int = 10, report_dir=None) -> dict:
+def attach_call_counts(r: dict, counts: dict) -> dict:
+    """Per call: `instructions` (the call run alone, counted under qemu) and per MAC."""
+    per_call = counts.pop("instructions_per_call", None)
+    r.update(counts)
+    if per_call and len(per_call) == len(r["calls"]):
+        for c, n in zip(r["calls"], per_call):
+            c["instructions"] = n
+            c["instructions_per_mac"] = n / c["macs"] if c["macs"] else None
+    return r
+
+
+def profile(artifact, url: str, runs: int = 10, report_dir=None, count: bool = True) -> dict:
     if runs < 1 or runs > 1000:
         raise UsageError(f"--runs {runs}: give 1 to 1000 runs")
     manifest = load_manifest(artifact)
     with open_device(url, artifact, manifest) as dev:
         r = profile_device(dev, manifest, runs)
+    if count:
+        attach_call_counts(r, instruction_counts(artifact, manifest, calls=True))
     r["text"] = profile_text(r)
     if report_dir:
         ms = r["total_ms"] is not None

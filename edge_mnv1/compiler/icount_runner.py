@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -154,10 +155,10 @@ class KernelCounter:
     def _harness_object(self, args_json: list) -> Path:
         src = harness_source(args_json)
         obj = self.work / f"harness-{hashlib.sha256(src.encode()).hexdigest()[:16]}.o"
-        if not obj.is_file():
-            c = obj.with_suffix(".c")
+        if not obj.is_file():  # two workers may both build it: each in files of its own
+            tag = f"{os.getpid()}-{threading.get_ident()}"
+            c, tmp = obj.with_suffix(f".{tag}.c"), obj.with_suffix(f".{tag}.o")
             c.write_text(src)
-            tmp = obj.with_suffix(f".{os.getpid()}.{id(src)}.tmp.o")
             self._run([self.cc, "-O2", "-c", f"-I{self.include}", str(c), "-o", str(tmp)],
                       "compiling the harness")
             os.replace(tmp, obj)
@@ -171,11 +172,15 @@ class KernelCounter:
     def count(self, candidate_object: str, args_json: list) -> int:
         """Instructions of one call: count(2 calls) - count(1 call)."""
         obj = Path(candidate_object)
-        prog = obj.with_suffix(".elf")
-        self._run([self.cc, "-static", "-o", str(prog), str(self._harness_object(args_json)),
-                   str(obj), "-lm"], "linking the candidate")
-        two, one = (icount.count([str(prog), n], qemu=self.qemu, timeout=self.timeout)
-                    for n in ("2", "1"))
+        fd, prog = tempfile.mkstemp(suffix=".elf", dir=self.work)  # one per measurement
+        os.close(fd)
+        try:
+            self._run([self.cc, "-static", "-o", prog, str(self._harness_object(args_json)),
+                       str(obj), "-lm"], "linking the candidate")
+            two, one = (icount.count([prog, n], qemu=self.qemu, timeout=self.timeout)
+                        for n in ("2", "1"))
+        finally:
+            os.unlink(prog)
         return two - one
 
     def close(self) -> None:
@@ -208,8 +213,7 @@ class IcountRunner(PyRunner):
         self.pool = ThreadPoolExecutor(max(1, max_workers))
 
     def _measure(self, artifact_path: str, args_json: list) -> float:
-        # The linked program lands beside the object, in the build directory that
-        # MetaSchedule's remove_build_dir callback deletes after measuring.
+        # MetaSchedule's remove_build_dir callback deletes the candidate's directory.
         return self.counter.count(artifact_path, args_json) / NOMINAL_HZ
 
     def run(self, runner_inputs):

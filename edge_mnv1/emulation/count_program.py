@@ -14,7 +14,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..errors import DeviceError
+from ..errors import DeviceError, UsageError
 from ..targets import Target
 from . import icount
 
@@ -83,3 +83,31 @@ def per_call(program: str | Path, num_calls: int, qemu: list[str], workers: int 
 
 def note(qemu: list[str]) -> str:
     return HOW.format(qemu=" ".join(qemu))
+
+
+def artifact_counts(artifact: str | Path, manifest: dict, calls: bool = False,
+                    workers: int = 1) -> dict | None:
+    """bench/profile keys for an artifact whose program runs under a user-mode QEMU:
+    `instructions_per_inference`, `instructions_per_mac`, `instructions_note` (and with
+    calls=True `instructions_per_call`, one count per kernel call); `instructions_error`
+    when counting failed; None for targets that cannot be counted (host, MCU)."""
+    from ..targets import load_target
+
+    if manifest.get("target_kind") == "mcu":
+        return None
+    qemu = counting_emulator(load_target(manifest["target"]))
+    program = Path(artifact) / "program"
+    if qemu is None or not program.is_file():
+        return None
+    macs = manifest.get("total_macs") or 0
+    try:
+        n = per_inference(program, qemu, parallel=workers > 1)
+        out = {"instructions_per_inference": n,
+               "instructions_per_mac": n / macs if macs else None,
+               "instructions_note": note(qemu)}
+        if calls:
+            out["instructions_per_call"] = per_call(program, len(manifest.get("kernels") or []),
+                                                    qemu, workers=workers)
+        return out
+    except (DeviceError, UsageError) as e:
+        return {"instructions_error": str(e)}

@@ -20,6 +20,9 @@ def add_arguments(p):
                         "else the same network with random weights)")
     p.add_argument("--no-host", action="store_true",
                    help="time the devices only, not ONNX Runtime and PyTorch on this machine")
+    p.add_argument("--no-count", action="store_true",
+                   help="do not count instructions per inference under the target's qemu "
+                        "(aarch64 targets; docs/performance.md)")
     p.add_argument("--report", metavar="DIR", help="write report.json, summary.txt and "
                                                    "latency.png to DIR")
 
@@ -30,4 +33,5 @@ def run(args) -> dict:
 
     urls = fleet.device_urls(args.device, args.devices)
     return bench(args.artifact, urls, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                 report_dir=args.report, checkpoint=args.checkpoint, host=not args.no_host)
+                 report_dir=args.report, checkpoint=args.checkpoint, host=not args.no_host,
+                 count=not args.no_count)

@@ -10,6 +10,9 @@ def add_arguments(p):
                    help="device URL (default: local)")
     p.add_argument("--runs", type=int, default=10, metavar="N",
                    help="inferences to sum the per-call ticks over (default 10)")
+    p.add_argument("--no-count", action="store_true",
+                   help="do not count each call's instructions under the target's qemu "
+                        "(aarch64 targets; docs/performance.md)")
     p.add_argument("--report", metavar="DIR", help="write report.json, summary.txt and "
                                                    "profile.png to DIR")
 
@@ -17,4 +20,5 @@ def add_arguments(p):
 def run(args) -> dict:
     from ..bench import profile
 
-    return profile(args.artifact, args.device, runs=args.runs, report_dir=args.report)
+    return profile(args.artifact, args.device, runs=args.runs, report_dir=args.report,
+                   count=not args.no_count)
