@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(cmake ninja-build make gcc g++
   gcc-aarch64-linux-gnu g++-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-user
   gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
-  openssh-server openssh-client)
+  openssh-server openssh-client
+  clang-14 libclang-rt-14-dev llvm-14)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
