@@ -1,8 +1,8 @@
 /* A QEMU TCG plugin that counts the guest instructions executed and writes the total to a
  * file when the guest exits:  qemu-aarch64 -plugin ./icount.so,out=/tmp/n.txt ./prog
  *
- * Each translated block adds its instruction count to a per-vCPU counter inline (no
- * callback per block), so the count is exact and costs a few percent of run time. A block
+ * Each translated block adds its instruction count to a counter inline (no callback per
+ * block), so the count is exact and costs a few percent of run time. A block
  * left early by an exception would be over-counted; ordinary programs leave blocks only at
  * their ends.
  *
@@ -39,21 +39,21 @@ __attribute__((visibility("default"))) int qemu_plugin_version = 1;
 
 /* One counter for the whole process: API v1's inline add has no per-vCPU form, and the
  * blocks of user-mode QEMU are shared by all guest threads, whose additions to one counter
- * are not atomic and may be lost. Count single-threaded programs (the Python side runs the
- * device program with EM_NUM_THREADS=1). */
-static struct { uint64_t n; char pad[56]; } g_count __attribute__((aligned(64)));
+ * are not atomic and may be lost. Count single-threaded programs (the device program's
+ * --count mode runs on one thread). */
+static uint64_t g_count;
 static char g_out[4096];
 
 static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb* tb) {
   (void)id;
-  qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &g_count.n,
+  qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &g_count,
                                            qemu_plugin_tb_n_insns(tb));
 }
 
 static void write_count(qemu_plugin_id_t id, void* userdata) {
   (void)id; (void)userdata;
   char line[64];
-  snprintf(line, sizeof line, "%" PRIu64 "\n", g_count.n);
+  snprintf(line, sizeof line, "%" PRIu64 "\n", g_count);
   if (!g_out[0]) {
     qemu_plugin_outs(line);
     return;
