@@ -16,7 +16,7 @@ import sys
 from .errors import EdgeError
 
 VERBS = ["info", "train", "export", "quantize", "tune", "compile", "emulate", "deploy", "run",
-         "parity", "bench", "profile", "soak", "demo"]
+         "parity", "bench", "profile", "soak", "fuzz", "demo"]
 
 
 def _parser() -> argparse.ArgumentParser:

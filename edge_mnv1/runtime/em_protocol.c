@@ -10,17 +10,24 @@
 #include "em_platform.h"
 #include "em_runtime.h"
 
+/* Run counts are bounded so that one request has a bounded cost (docs/protocol.md). The fuzz
+ * build (fuzz/fuzz.cmake) lowers them to keep each execution short. */
+#ifndef EM_MAX_BENCH_RUNS
 #define EM_MAX_BENCH_RUNS 10000u
+#endif
+#ifndef EM_MAX_PROFILE_RUNS
 #define EM_MAX_PROFILE_RUNS 1000u
+#endif
 
 static uint32_t g_requests;
 
 uint32_t em_crc32(uint32_t crc, const uint8_t* data, size_t len) {
-  /* Bitwise IEEE CRC-32 (zlib's): no table, so it costs no flash on an MCU. */
+  /* Bitwise IEEE CRC-32 (zlib's): no table, so it costs no flash on an MCU. No unsigned
+   * wrap-around (the fuzz build checks for it: a wrapped length is a bug elsewhere). */
   crc = ~crc;
   for (size_t i = 0; i < len; ++i) {
     crc ^= data[i];
-    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ ((crc & 1u) ? 0xEDB88320u : 0u);
   }
   return ~crc;
 }
@@ -76,11 +83,14 @@ static int read_exact(uint8_t* buf, size_t len) {
   return 1;
 }
 
-/* Reads and throws away n bytes so that the stream stays in step after a refused frame. */
-static int drain(uint32_t n) {
+/* Reads and throws away n bytes so that the stream stays in step after a refused frame.
+ * 64-bit: a refused payload of up to 2^32-1 bytes plus its CRC does not wrap to a few bytes
+ * (it did: a header announcing 0xFFFFFFFF bytes drained 3, and a frame hidden in the refused
+ * payload was answered; found by the fuzzer, tests/fuzz_regressions/). */
+static int drain(uint64_t n) {
   uint8_t sink[64];
   while (n) {
-    uint32_t k = n < sizeof sink ? n : (uint32_t)sizeof sink;
+    uint32_t k = n < sizeof sink ? (uint32_t)n : (uint32_t)sizeof sink;
     if (!read_exact(sink, k)) return 0;
     n -= k;
   }
@@ -148,7 +158,7 @@ static void handle_profile(uint16_t seq, const uint8_t* payload, uint32_t len) {
   uint32_t runs = runs_argument(seq, payload, len, EM_MAX_PROFILE_RUNS);
   if (!runs) return;
   uint32_t n = em_model.num_calls;
-  if (4 + 8 * n > em_model.max_payload) {
+  if (8 + 8 * (uint64_t)n > em_model.max_payload) { /* the sums sit at +8, see below */
     send_error(seq, EM_ERR_TOO_LARGE, "too many kernels for the frame buffer");
     return;
   }
@@ -202,7 +212,7 @@ int em_serve_one(void) {
     char msg[96];
     snprintf(msg, sizeof msg, "protocol version %u not spoken; this device speaks %u",
              h[2], EM_PROTOCOL_VERSION);
-    if (len <= em_model.max_payload + 4u && !drain(len + 4)) return 0;
+    if (len <= em_model.max_payload + 4u && !drain((uint64_t)len + 4)) return 0;
     send_error(seq, EM_ERR_BAD_VERSION, msg);
     return 1;
   }
@@ -211,7 +221,7 @@ int em_serve_one(void) {
     char msg[96];
     snprintf(msg, sizeof msg, "payload of %lu bytes exceeds the frame buffer of %lu",
              (unsigned long)len, (unsigned long)em_model.max_payload);
-    if (!drain(len + 4)) return 0;
+    if (!drain((uint64_t)len + 4)) return 0;
     send_error(seq, EM_ERR_TOO_LARGE, msg);
     return 1;
   }

@@ -1,0 +1,126 @@
+/* libFuzzer target for the device side of docs/protocol.md: the fuzz input is the byte
+ * stream the host sends, em_serve() reads it through em_platform_read until it ends, and the
+ * request handler runs HELLO/INFER/BENCH/PROFILE/SELFTEST against a real compiled model.
+ *
+ * Beyond the sanitizers' checks, every reply the device writes must be a frame the host
+ * accepts: magic, version, a reply type, both CRCs right, a payload within the host's limit,
+ * a known error code. Anything else aborts (a finding).
+ *
+ * A custom mutator repairs the CRCs of the frames it finds in half of the mutants, so that the
+ * fuzzer reaches the handlers with arbitrary payloads instead of stopping at the CRC checks;
+ * the other half keeps the raw mutations that exercise the refusal paths.
+ *
+ * Built by fuzz.cmake (EM_PLATFORM=fuzz) with -fsanitize=fuzzer,address,undefined. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "em_model.h"
+#include "em_platform.h"
+#include "em_protocol.h"
+
+size_t LLVMFuzzerMutate(uint8_t* data, size_t size, size_t max_size);
+
+/* ---- the platform: input from the fuzz data, output into a checked sink ----------------- */
+
+static const uint8_t* g_in;
+static size_t g_in_size, g_in_pos;
+static uint64_t g_ticks;
+
+#define SINK_BYTES (1u << 21)
+static uint8_t g_sink[SINK_BYTES];
+static size_t g_sink_len;
+
+static void fail(const char* what) {
+  fprintf(stderr, "fuzz_protocol: bad reply: %s\n", what);
+  abort();
+}
+
+size_t em_platform_read(uint8_t* buf, size_t len) {
+  /* Short reads of varying size, as a pipe or a UART gives them, so read_exact loops. */
+  size_t left = g_in_size - g_in_pos;
+  size_t piece = 1 + (g_in_pos * 7 + 3) % 61;
+  size_t n = len < left ? len : left;
+  if (n > piece) n = piece;
+  memcpy(buf, g_in + g_in_pos, n);
+  g_in_pos += n;
+  return n;
+}
+
+void em_platform_write(const uint8_t* buf, size_t len) {
+  if (len > SINK_BYTES - g_sink_len) fail("a reply larger than the sink (2 MB)");
+  memcpy(g_sink + g_sink_len, buf, len);
+  g_sink_len += len;
+}
+
+uint64_t em_platform_ticks(void) { return g_ticks += 1000; }
+const char* em_platform_tick_unit(void) { return "ns"; }
+
+static uint32_t u32_at(const uint8_t* p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* One reply is complete at each flush: check it as the host decoder would. */
+void em_platform_flush(void) {
+  const uint8_t* f = g_sink;
+  if (g_sink_len < EM_HEADER_BYTES + 4) fail("shorter than a header and a CRC");
+  if (f[0] != EM_MAGIC0 || f[1] != EM_MAGIC1 || f[2] != EM_PROTOCOL_VERSION) fail("header");
+  uint8_t type = f[3];
+  int known = type == EM_MSG_ERROR || (type > EM_MSG_REPLY && type <= (EM_MSG_REPLY | EM_MSG_SELFTEST));
+  if (!known) fail("not a reply type");
+  if (u32_at(f + 12) != em_crc32(0, f, 12)) fail("header CRC");
+  uint32_t len = u32_at(f + 8);
+  if ((size_t)len + EM_HEADER_BYTES + 4 != g_sink_len) fail("length field != bytes written");
+  /* The host takes replies up to max(max_payload, 4096) + 64 bytes (device/protocol.py). */
+  uint32_t host_limit = (em_model.max_payload > 4096u ? em_model.max_payload : 4096u) + 64u;
+  if (len > host_limit) fail("payload above the host's limit");
+  if (u32_at(f + EM_HEADER_BYTES + len) != em_crc32(0, f + EM_HEADER_BYTES, len))
+    fail("payload CRC");
+  if (type == EM_MSG_ERROR) {
+    if (len < 2) fail("error reply without a code");
+    unsigned code = f[EM_HEADER_BYTES] | f[EM_HEADER_BYTES + 1] << 8;
+    if (code < EM_ERR_BAD_CRC || code > EM_ERR_BAD_ARGUMENT) fail("unknown error code");
+  }
+  g_sink_len = 0;
+}
+
+/* ---- the target ---------------------------------------------------------------------- */
+
+int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  g_in = data;
+  g_in_size = size;
+  g_in_pos = 0;
+  g_sink_len = 0;
+  em_serve();
+  if (g_sink_len) fail("bytes written but never flushed");
+  if (g_in_pos != g_in_size) fail("em_serve returned before the end of the input");
+  return 0;
+}
+
+/* ---- the mutator: make the CRCs of mutated frames right, half of the time --------------- */
+
+static void put_u32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void repair_crcs(uint8_t* d, size_t size) {
+  size_t i = 0;
+  while (i + EM_HEADER_BYTES <= size) {
+    if (d[i] != EM_MAGIC0 || d[i + 1] != EM_MAGIC1) { ++i; continue; }
+    put_u32(d + i + 12, em_crc32(0, d + i, 12));
+    uint32_t len = u32_at(d + i + 8);
+    size_t body = i + EM_HEADER_BYTES;
+    if (len <= size - body && size - body - len >= 4) {
+      put_u32(d + body + len, em_crc32(0, d + body, len));
+      i = body + len + 4;
+    } else {
+      i = body;
+    }
+  }
+}
+
+size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size, size_t max_size, unsigned int seed) {
+  size = LLVMFuzzerMutate(data, size, max_size);
+  if (seed & 1u) repair_crcs(data, size);
+  return size;
+}
