@@ -6,6 +6,7 @@ the firmware from these; nothing here imports TVM.
     ARTIFACT/mcu/firmware.ld          MEMORY from [memory]; sections placed by `use`
     ARTIFACT/mcu/em_board_config.h    EM_CPU_HZ, EM_UART_BASE, EM_TICK_UNIT, ...
     ARTIFACT/mcu/board.c              [build] board_support, when the target names one
+    ARTIFACT/mcu/*.h                  the headers beside it in targets/boards/
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ def write_firmware_files(target: Target, out_dir: Path) -> Path:
         if not src.is_file():
             raise UsageError(f"{target.path}: build.board_support names {src}, which does not exist")
         shutil.copy(src, mcu / "board.c")
+        for header in src.parent.glob("*.h"):  # what board files share (e.g. M7 caches)
+            shutil.copy(header, mcu / header.name)
     return mcu
 
 

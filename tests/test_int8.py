@@ -1,0 +1,246 @@
+"""int8: the quantize verb, the integer reference against an independent float computation,
+and compiled integer kernels bit-identical to the reference on the host, the emulated Pi
+(over ssh) and both emulated Cortex-M boards; the 256 KB / 512 KB board budget."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from edge_mnv1 import quantize as Q
+
+from compiled import cli, cli_json
+
+
+@pytest.fixture(scope="module")
+def int8_model(digits_onnx, tmp_path_factory):
+    """The trained digits model (0.25/64) quantized on 200 training images."""
+    out = tmp_path_factory.mktemp("int8") / "digits-int8.onnx"
+    r = cli_json("quantize", digits_onnx, "--calib", "digits:200", "-o", out)
+    return out, r
+
+
+# ---- the arithmetic ------------------------------------------------------------------------
+
+def test_fixed_point_multiplier_is_31_bits_and_requantize_rounds_half_up():
+    rng = np.random.default_rng(0)
+    for real in np.concatenate([rng.uniform(1e-6, 1.0, 200), [2.0 ** -20, 0.5, 0.999999]]):
+        m, s = Q.fixed_point(float(real))
+        assert 2 ** 30 <= m < 2 ** 31
+        assert abs(m * 2.0 ** -s - real) <= real * 2.0 ** -30
+    # Exact ties go up (toward +infinity), negative ones too: -2.5 -> -2, 2.5 -> 3.
+    half = np.array([[5, -5, 7, -7]], np.int64)   # x / 2 with M = 2^30, S = 31
+    got = Q.requantize(half, np.int64(2 ** 30), np.int64(31), 0, -128, 127)
+    assert got.tolist() == [[3, -2, 4, -3]]
+
+
+def test_kernel_rounding_identity_matches_the_reference_rule():
+    """The kernels compute ((p >> (S-1)) + 1) >> 1 (no rounding constant to store); the
+    reference's rule is (p + 2^(S-1)) >> S. Same integer for every p, checked against
+    Python's unbounded integers."""
+    rng = np.random.default_rng(1)
+    p = np.concatenate([rng.integers(-2 ** 62, 2 ** 62, 5000, dtype=np.int64),
+                        np.arange(-70, 70, dtype=np.int64)])
+    for s in (1, 2, 17, 31, 40, 62):
+        kernel = ((p >> np.int64(s - 1)) + 1) >> 1
+        exact = [(int(v) + (1 << (s - 1))) >> s for v in p]
+        assert kernel.tolist() == exact
+
+
+def test_integer_reference_layers_match_an_independent_float_computation(int8_model):
+    """Each layer recomputed in float64 by PyTorch from the same integer input, dequantized
+    weights and bias, then rounded half up: the integer result is within one step (the
+    31-bit multiplier) and almost always exact."""
+    import torch
+    import torch.nn.functional as F
+
+    from edge_mnv1 import data
+    import types
+
+    model = Q.from_onnx(onnx.load(str(int8_model[0])))
+    x, _, _ = data.load_dataset("digits", types.SimpleNamespace(resolution=64),
+                                data.Preprocessing.digits(64), split="test", limit=3)
+    checked = exact = worst = 0
+    for xi in x:
+        q = Q.quantize_input(xi[None], model.input_q.scale, model.input_q.zero_point)
+        acts = model.activations(q)
+        for layer in model.layers:
+            if layer.op == "reshape":
+                continue
+            qx, qy = model.qparams[layer.x], model.qparams[layer.y]
+            xr = torch.from_numpy((acts[layer.x] - qx.zero_point).astype(np.float64) * qx.scale)
+            if layer.op == "avgpool":
+                yr = xr.mean(dim=(2, 3), keepdim=True)
+            else:
+                sw = (layer.mult * 2.0 ** -layer.shift) * qy.scale / qx.scale  # s_w from M, S
+                w = torch.from_numpy(layer.weight.astype(np.float64))
+                sw_t = torch.from_numpy(_weight_scales(int8_model[0], layer))
+                w = w * sw_t.reshape((-1,) + (1,) * (w.ndim - 1))
+                b = torch.from_numpy(layer.bias.astype(np.float64)) * qx.scale * sw_t
+                assert np.allclose(sw, sw_t.numpy(), rtol=1e-8)
+                if layer.op == "conv":
+                    p = layer.pads
+                    yr = F.conv2d(F.pad(xr, (p[1], p[3], p[0], p[2])), w, b,
+                                  stride=layer.strides, groups=layer.groups)
+                else:
+                    yr = F.linear(xr, w, b)
+            want = np.clip(np.floor(yr.numpy() / qy.scale + 0.5) + qy.zero_point,
+                           layer.lo, layer.hi)
+            diff = np.abs(acts[layer.y] - want)
+            worst = max(worst, int(diff.max()))
+            checked += diff.size
+            exact += int((diff == 0).sum())
+    assert worst <= 1
+    assert exact / checked > 0.999, (exact, checked)
+
+
+def _weight_scales(model_path, layer) -> np.ndarray:
+    """The weight scales as written in the QDQ file (found by the weight tensor's values)."""
+    from onnx import numpy_helper
+
+    m = onnx.load(str(model_path))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and \
+                inits[n.input[0]].shape == layer.weight.shape and \
+                np.array_equal(inits[n.input[0]], layer.weight):
+            return np.broadcast_to(inits[n.input[1]].astype(np.float64).reshape(-1),
+                                   (layer.weight.shape[0],)).copy()
+    raise AssertionError("weight not found")
+
+
+def test_integer_reference_agrees_with_onnxruntime_qdq(int8_model):
+    """ONNX Runtime runs the same QDQ file in float (no optimizations): the integer
+    reference stays within one output step of it and agrees on top-1."""
+    import onnxruntime as ort
+
+    from edge_mnv1 import data
+    import types
+
+    path = int8_model[0]
+    model = Q.from_onnx(onnx.load(str(path)))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    x, _, _ = data.load_dataset("digits", types.SimpleNamespace(resolution=64),
+                                data.Preprocessing.digits(64), split="test", limit=60)
+    o = model.output_q
+    worst, agree = 0.0, 0
+    for xi in x:
+        q = Q.quantize_input(xi[None], model.input_q.scale, model.input_q.zero_point)
+        mine = Q.dequantize(model.run(q), o.scale, o.zero_point)
+        theirs = sess.run(None, {sess.get_inputs()[0].name: xi[None]})[0]
+        worst = max(worst, float(np.abs(mine - theirs).max() / o.scale))
+        agree += int(mine.argmax() == theirs.argmax())
+    assert worst <= 1.0 + 1e-4
+    assert agree == len(x)
+
+
+# ---- the quantize verb -----------------------------------------------------------------------
+
+def test_quantize_keeps_accuracy_within_one_point(int8_model):
+    path, r = int8_model
+    assert r["eval_images"] == 450 and r["calibration_images"] == 200
+    assert r["accuracy_int8"] >= r["accuracy_fp32"] - 0.01, r
+    assert r["top1_agreement"] >= 0.97
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m)
+    ops = {n.op_type for n in m.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops   # standard QDQ
+    meta = {p.key: p.value for p in m.metadata_props}
+    scheme = json.loads(meta["edge_mnv1.quantization"])
+    assert scheme["weights"].startswith("int8") and scheme["calibration_images"] == 200
+    assert "edge_mnv1.config" in meta and "edge_mnv1.preprocessing" in meta
+
+
+@pytest.mark.parametrize("calib,message", [
+    ("digits:0", "positive integer"),
+    ("EMPTY.npy", "holds no images"),
+    ("WRONG.npy", "the model takes N x [3, 64, 64]"),
+    ("EMPTYDIR", "no images"),
+])
+def test_bad_calibration_sets_are_refused(digits_onnx, tmp_path, calib, message):
+    np.save(tmp_path / "EMPTY.npy", np.zeros((0, 3, 64, 64), np.float32))
+    np.save(tmp_path / "WRONG.npy", np.zeros((4, 3, 32, 32), np.float32))
+    (tmp_path / "EMPTYDIR").mkdir()
+    if calib != "digits:0":
+        calib = str(tmp_path / calib)
+    r = cli("quantize", digits_onnx, "--calib", calib, "-o", tmp_path / "q.onnx", check=False)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_a_float_model_is_not_an_integer_model(digits_onnx):
+    from edge_mnv1.errors import UsageError
+
+    with pytest.raises(UsageError, match="not quantized|QuantizeLinear"):
+        Q.from_onnx(onnx.load(str(digits_onnx)))
+
+
+# ---- compiled: bit-exact on every target -----------------------------------------------------
+
+def _compile(model, target, out):
+    return cli_json("compile", model, "--target", target, "-o", out)
+
+
+def test_host_kernels_are_integer_and_bit_exact_on_all_digits(int8_model, tmp_path):
+    art = tmp_path / "host"
+    r = _compile(int8_model[0], "host", art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["input"]["dtype"] == "uint8" and manifest["output"]["dtype"] == "uint8"
+    assert manifest["golden"]["reference"] == "integer"
+    assert r["workspace_bytes"] == 0 and r["arena_bytes"] == r["liveness_lower_bound"]
+    assert manifest["quantization"]["input"]["zero_point"] == 128
+    p = cli_json("parity", art, "--data", "digits", "--reference", "integer")
+    assert p["passed"] and p["n"] == 450 and p["max_abs_error"] == 0.0
+    assert p["top1_agreement"] == 1.0
+    # Against the float references it reports the quantization error, in output steps.
+    f = cli_json("parity", art, "--data", "digits:100")
+    assert f["reference"] in ("pytorch", "onnxruntime") and f["passed"]
+    assert f["thresholds"]["max_abs_error"] is None and f["max_abs_error"] > 0
+
+
+def test_integer_reference_refused_for_a_float_artifact(digits_onnx, tmp_path):
+    art = tmp_path / "f"
+    _compile(digits_onnx, "host", art)
+    r = cli("parity", art, "--data", "digits:2", "--reference", "integer", check=False)
+    assert r.returncode == 2 and "int8 models" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.ssh
+def test_rpi4_over_ssh_is_bit_exact_on_all_digits(int8_model, tmp_path):
+    art = tmp_path / "rpi4"
+    _compile(int8_model[0], "rpi4", art)
+    p = cli_json("parity", art, "--device", "emulated", "--data", "digits",
+                 "--reference", "integer")
+    assert p["passed"] and p["n"] == 450 and p["max_abs_error"] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.emulator
+@pytest.mark.parametrize("board", ["mps2-an500", "mps3-an547"])
+def test_cortex_m_is_bit_exact(int8_model, tmp_path, board):
+    """60 digits per board here (the serial link moves ~20 KB/s); the note reports all 450."""
+    art = tmp_path / board
+    _compile(int8_model[0], board, art)
+    p = cli_json("parity", art, "--device", "emulated", "--data", "digits:60",
+                 "--reference", "integer")
+    assert p["passed"] and p["n"] == 60 and p["max_abs_error"] == 0.0
+
+
+@pytest.mark.slow
+def test_alpha_0_25_at_96_fits_a_256k_ram_512k_flash_board(untrained_ckpt_factory, tmp_path):
+    ckpt = untrained_ckpt_factory(0.25, 96, classes=10)
+    fp32 = tmp_path / "m.onnx"
+    cli_json("export", ckpt, "-o", fp32)
+    q = tmp_path / "m-int8.onnx"
+    cli_json("quantize", fp32, "--calib", "photos", "-o", q, "--eval", "photos")
+    r = _compile(q, "nucleo-f722ze", tmp_path / "f7")
+    b = r["budget"]
+    assert b["stage"] == "linked"
+    assert b["flash_bytes"] <= 512 * 1024 and b["ram_bytes"] <= 256 * 1024, b
+    assert r["arena_bytes"] == r["liveness_lower_bound"] and r["workspace_bytes"] == 0
