@@ -173,7 +173,8 @@ def instruction_counts(artifact, manifest: dict, calls: bool = False) -> dict:
 
 
 def bench(artifact, urls: list[str], runs: int = 50, warmup: int = 5, threads: int = 2,
-          report_dir=None, checkpoint=None, host: bool = True, count: bool = True) -> dict:
+          report_dir=None, checkpoint=None, host: bool = True, count: bool = True,
+          versus=None) -> dict:
     if runs < 1 or runs > 10000:
         raise UsageError(f"--runs {runs}: give 1 to 10000 runs")
     if warmup < 0 or warmup > 10000:
@@ -181,11 +182,19 @@ def bench(artifact, urls: list[str], runs: int = 50, warmup: int = 5, threads: i
     if threads < 1:
         raise UsageError(f"--threads {threads}: give at least 1")
     manifest = load_manifest(artifact)
+    other = load_manifest(versus) if versus else None
+    if other and other["target"] != manifest["target"]:
+        raise UsageError(f"--versus {versus} is for {other['target']}, {artifact} for "
+                         f"{manifest['target']}: compare artifacts of one target")
     load = machine_load()
 
     def one(url):
         with open_device(url, artifact, manifest) as dev:
-            return bench_device(dev, manifest, runs, warmup)
+            r = bench_device(dev, manifest, runs, warmup)
+        if other:  # the same device, right after: side by side in one run
+            with open_device(url, versus, other) as dev:
+                r["versus"] = _versus(bench_device(dev, other, runs, warmup), r, versus, other)
+        return r
 
     results = fleet.run_fleet(urls, one)
     baselines = host_baselines(artifact, manifest, runs, warmup, threads, checkpoint) \
@@ -211,6 +220,20 @@ def bench(artifact, urls: list[str], runs: int = 50, warmup: int = 5, threads: i
     combined["text"] = "\n\n".join(r["text"] for r in results) + "\n\n" + \
         fleet.summary_line(results)
     return combined
+
+
+def _versus(o: dict, r: dict, path, other: dict) -> dict:
+    """The other artifact's figures and this one's ratio to it (time or counted ticks)."""
+    out = {"artifact": str(path), "model": other["model"]["key"],
+           "input_dtype": other["input"]["dtype"], "device_median_ms": o.get("device_median_ms"),
+           "device_median_ticks": o.get("device_median_ticks"), "tick_unit": o.get("tick_unit")}
+    if r.get("device_median_ms") and o.get("device_median_ms"):
+        out["ratio"] = r["device_median_ms"] / o["device_median_ms"]
+    elif r.get("device_median_ticks") and o.get("device_median_ticks"):
+        out["ratio"] = r["device_median_ticks"] / o["device_median_ticks"]
+    else:
+        out["ratio"] = None
+    return out
 
 
 def _fmt(v, unit="ms"):
@@ -255,6 +278,12 @@ def summary_text(r: dict, manifest: dict) -> str:
         lines.append(f"  {label:<13} median {h['median_ms']:.3f} ms  (p10 {h['p10_ms']:.3f}, "
                      f"p90 {h['p90_ms']:.3f}) on this machine"
                      + (f"; device / {label} = {ratio:.2f}x" if ratio else ""))
+    v = r.get("versus")
+    if v:
+        fig = _fmt(v["device_median_ms"]) if v["device_median_ms"] is not None else \
+            f"{v['device_median_ticks']:,.0f} {v['tick_unit']}"
+        lines.append(f"  versus        {v['model']} ({v['artifact']}) on the same device: median "
+                     f"{fig}" + (f"; this / that = {v['ratio']:.3f}x" if v["ratio"] else ""))
     if r.get("emulated"):
         lines.append(f"  NOTE: {r['emulated_note']}.")
     for w in (r.get("machine") or {}).get("warnings", []):
@@ -357,6 +386,12 @@ def profile_text(r: dict, top: int | None = None) -> str:
                      f"run alone ({r['instructions_note']}); a count, not a time")
     elif r.get("instructions_error"):
         lines.append(f"  instructions not counted: {r['instructions_error']}")
+    v = r.get("versus")
+    if v:
+        fig = _fmt(v["device_median_ms"]) if v["device_median_ms"] is not None else \
+            f"{v['device_median_ticks']:,.0f} {v['tick_unit']}"
+        lines.append(f"  versus        {v['model']} ({v['artifact']}) on the same device: median "
+                     f"{fig}" + (f"; this / that = {v['ratio']:.3f}x" if v["ratio"] else ""))
     if r.get("emulated"):
         lines.append(f"  NOTE: {r['emulated_note']}.")
     return "\n".join(lines)

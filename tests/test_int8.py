@@ -244,3 +244,15 @@ def test_alpha_0_25_at_96_fits_a_256k_ram_512k_flash_board(untrained_ckpt_factor
     assert b["stage"] == "linked"
     assert b["flash_bytes"] <= 512 * 1024 and b["ram_bytes"] <= 256 * 1024, b
     assert r["arena_bytes"] == r["liveness_lower_bound"] and r["workspace_bytes"] == 0
+
+
+def test_bench_times_int8_and_fp32_side_by_side(int8_model, digits_onnx, tmp_path):
+    q, f = tmp_path / "q", tmp_path / "f"
+    rq, rf = _compile(int8_model[0], "host", q), _compile(digits_onnx, "host", f)
+    assert rq["macs"] == rf["macs"]   # same network: requantization constants are not MACs
+    r = cli_json("bench", q, "--versus", f, "--runs", "5", "--warmup", "1", "--no-host")
+    v = r["versus"]
+    assert v["model"].endswith("float32") and v["input_dtype"] == "float32"
+    assert v["ratio"] == pytest.approx(r["device_median_ms"] / v["device_median_ms"])
+    bad = cli("bench", q, "--versus", tmp_path / "nothing", check=False)
+    assert bad.returncode == 2

@@ -55,7 +55,10 @@ def _shape_dtype(sinfo) -> tuple[tuple, str]:
 def _macs(args: list[TensorInfo]) -> int:
     """Multiply-adds of a conv or matmul call: output elements x reduction length."""
     out = args[-1]
-    weights = [t for t in args[:-1] if t.kind == "weight" and len(t.shape) in (2, 4)]
+    # Per-channel constants of the integer path (requantization) are shaped (1, C, ...):
+    # a conv or matmul weight leads with its output channels (or, transposed, its inputs).
+    weights = [t for t in args[:-1] if t.kind == "weight" and len(t.shape) in (2, 4)
+               and t.shape[0] > 1]
     if not weights:
         return 0
     # The largest: integer kernels also take per-channel requantization constants.

@@ -23,6 +23,9 @@ def add_arguments(p):
     p.add_argument("--no-count", action="store_true",
                    help="do not count instructions per inference under the target's qemu "
                         "(aarch64 targets; docs/performance.md)")
+    p.add_argument("--versus", metavar="ARTIFACT_DIR",
+                   help="also time this artifact (same target, e.g. the fp32 build of an int8 "
+                        "model) on the same devices in the same run and report the ratio")
     p.add_argument("--report", metavar="DIR", help="write report.json, summary.txt and "
                                                    "latency.png to DIR")
 
@@ -34,4 +37,4 @@ def run(args) -> dict:
     urls = fleet.device_urls(args.device, args.devices)
     return bench(args.artifact, urls, runs=args.runs, warmup=args.warmup, threads=args.threads,
                  report_dir=args.report, checkpoint=args.checkpoint, host=not args.no_host,
-                 count=not args.no_count)
+                 count=not args.no_count, versus=args.versus)
