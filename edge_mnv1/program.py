@@ -29,9 +29,31 @@ def cmake_args(target: Target, artifact: Path, sanitize: str = "") -> list[str]:
     return args
 
 
+SANITIZERS = ("address", "undefined", "leak")
+
+
+def check_sanitize(target: Target, sanitize: str) -> str:
+    """`--sanitize address,undefined` -> the CMake value; refused where it cannot work."""
+    names = [s.strip() for s in sanitize.split(",") if s.strip()]
+    bad = [s for s in names if s not in SANITIZERS]
+    if not names or bad:
+        raise UsageError(f"--sanitize {sanitize!r}: use a comma-separated list of "
+                         f"{', '.join(SANITIZERS)} (e.g. address,undefined)")
+    if target.is_mcu:
+        raise UsageError(f"--sanitize: {target.name} is an MCU target; sanitizers need the "
+                         "Linux program (e.g. --target host)")
+    if target.build.get("static"):
+        raise UsageError(f"--sanitize: {target.name} links its program statically, which the "
+                         "sanitizer runtimes do not support; use --target host")
+    return ",".join(names)
+
+
 def build_program(target: Target, artifact: Path, build_dir: Path | None = None,
                   sanitize: str = "") -> Path:
-    """Configures and builds; returns the program (Linux) or firmware image (MCU)."""
+    """Configures and builds; returns the program (Linux) or firmware image (MCU). With
+    `sanitize` (e.g. "address,undefined") the program is a sanitizer build."""
+    if sanitize:
+        sanitize = check_sanitize(target, sanitize)
     if not shutil.which("cmake"):
         raise UsageError("cmake is not installed; run ./scripts/setup.sh")
     artifact = Path(artifact).resolve()
@@ -39,8 +61,7 @@ def build_program(target: Target, artifact: Path, build_dir: Path | None = None,
     if build_dir.exists():
         shutil.rmtree(build_dir)  # a build dir from another toolchain would poison the cache
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    # A sanitizer build goes into its build dir, never over the artifact's own program.
-    out_dir = build_dir if sanitize else artifact
+    out_dir = artifact
     configure = ["cmake", "-S", str(REPO), "-B", str(build_dir), *gen,
                  *cmake_args(target, artifact, sanitize), f"-DEM_OUTPUT_DIR={out_dir}"]
     for cmd in (configure, ["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)]):

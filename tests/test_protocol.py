@@ -7,6 +7,7 @@ import json
 import random
 import shutil
 import struct
+import subprocess
 import zlib
 
 import numpy as np
@@ -18,19 +19,28 @@ from edge_mnv1.device.connect import open_device
 from edge_mnv1.errors import UsageError
 
 from compiled import cli, cli_json
+from sanitizers import check_no_reports, no_sanitizer_reports, sanitized_artifact
 
 
-@pytest.fixture(scope="module")
-def host_artifact(digits_onnx, tmp_path_factory):
+# Every device test runs against the program as compiled and against its ASan + UBSan build.
+@pytest.fixture(scope="module", params=["plain", "asan-ubsan"])
+def host_artifact(request, digits_onnx, tmp_path_factory):
+    if request.param == "asan-ubsan":
+        return sanitized_artifact(digits_onnx, tmp_path_factory)
     out = tmp_path_factory.mktemp("proto") / "host"
     cli("compile", digits_onnx, "--target", "host", "-o", out)
     return out
 
 
 @pytest.fixture
-def device(host_artifact):
-    with open_device("local", host_artifact, timeout=20, retries=0) as dev:
-        yield dev
+def device(host_artifact, monkeypatch, tmp_path):
+    with no_sanitizer_reports(monkeypatch, tmp_path / "sanitizers"):
+        with open_device("local", host_artifact, timeout=20, retries=0) as dev:
+            yield dev
+            transport = dev.client.transport
+        transport._drain_stderr()
+        check_no_reports(tmp_path / "sanitizers", transport.stderr_tail.decode("utf-8", "replace"))
+        assert transport.proc.returncode == 0, transport.stderr_tail[-2000:]
 
 
 def raw_request(dev, frame: bytes):
@@ -72,6 +82,22 @@ def test_length_beyond_the_frame_buffer_is_refused_before_reading(device):
     assert (mtype, seq) == (P.ERROR, 78)
     assert struct.unpack_from("<H", body)[0] == 2 and str(limit).encode() in body
     still_serving(device)
+
+
+def test_a_frame_hidden_in_a_refused_payload_is_not_answered(host_artifact, tmp_path):
+    """A header announcing 0xFFFFFFFF bytes is refused and all of them drained: the frame that
+    follows is payload, not a request (the drain once wrapped to 3 bytes and answered it;
+    tests/fuzz_regressions/too-large-length-wraps-drain)."""
+    huge = struct.pack("<2sBBHHI", P.MAGIC, P.VERSION, P.INFER, 90, 0, 0xFFFFFFFF)
+    huge += struct.pack("<I", zlib.crc32(huge))
+    stream = huge + b"xxx" + P.encode_frame(P.HELLO, 91)
+    r = subprocess.run([str(host_artifact / "program"), "--serve"], input=stream,
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    check_no_reports(tmp_path, r.stderr.decode("utf-8", "replace"))
+    d = P.FrameDecoder()
+    d.feed(r.stdout)
+    assert d.next_frame() is None  # the stream ended inside the refused payload: no reply
 
 
 def test_protocol_version_mismatch_is_an_error_reply(device):

@@ -20,26 +20,35 @@ def add_arguments(p):
                    help="kernels as an LLVM object file or as C for the target's compiler "
                         "(default: the target file's choice)")
     p.add_argument("--no-build", action="store_true", help="write the artifact only")
+    p.add_argument("--sanitize", metavar="LIST",
+                   help="build the Linux program with sanitizers, e.g. address,undefined "
+                        "(ASan + UBSan; for tests, not for timing; recorded in the manifest)")
 
 
 def run(args) -> dict:
     from ..compiler.driver import compile_artifact, finish_manifest
-    from ..program import build_program
+    from ..errors import UsageError
+    from ..program import build_program, check_sanitize
     from ..targets import load_target
     from .. import budget
 
     t0 = time.time()
     target = load_target(args.target)
     out = Path(args.output)
+    if args.sanitize:
+        if args.no_build:
+            raise UsageError("--sanitize applies to the program: drop --no-build")
+        args.sanitize = check_sanitize(target, args.sanitize)  # refused before compiling
     m = compile_artifact(args.model, target, out, use_records=not args.untuned,
                          emit_kind=args.emit)
     report = budget.check(target, out, m)  # refuses (exit 1) before building if it cannot fit
     program = None
     if not args.no_build:
         log.info(f"compile: building the device program with CMake for {target.name}")
-        program = build_program(target, out)
+        program = build_program(target, out, sanitize=args.sanitize or "")
         report = budget.check(target, out, m, program)
-    m = finish_manifest(out, {"compile_seconds": round(time.time() - t0, 1), "budget": report})
+    m = finish_manifest(out, {"compile_seconds": round(time.time() - t0, 1), "budget": report,
+                              "sanitize": args.sanitize or None})
     mem = m["memory"]
     text = (f"artifact {out} for {target.name}: {len(m['kernels'])} kernel calls, "
             f"{m['total_macs'] / 1e6:.2f}M MACs\n"
@@ -50,10 +59,13 @@ def run(args) -> dict:
             f"  tuning records applied to {len(m['tuning']['applied'])} kernels, "
             f"{len(m['tuning']['untuned'])} untuned\n"
             + (budget.describe(report) + "\n" if report else "")
-            + (f"  program: {program}" if program else "  (not built: --no-build)"))
+            + (f"  program: {program}" if program else "  (not built: --no-build)")
+            + (f" (sanitizers: {args.sanitize}; for tests, not for timing)" if args.sanitize
+               else ""))
     return {"artifact": str(out), "target": target.name, "program": str(program) if program else None,
             "arena_bytes": mem["arena_bytes"], "liveness_lower_bound": mem["liveness_lower_bound"],
             "weight_bytes": mem["weight_bytes"], "workspace_bytes": mem["workspace_bytes_per_thread"],
             "kernels": len(m["kernels"]), "macs": m["total_macs"],
             "tuning_applied": len(m["tuning"]["applied"]), "budget": report,
-            "compile_seconds": m["compile_seconds"], "text": text}
+            "compile_seconds": m["compile_seconds"], "sanitize": args.sanitize or None,
+            "text": text}
