@@ -193,6 +193,19 @@ def parse_output(text: str) -> dict:
     return out
 
 
+def combine(parts: list[dict]) -> dict:
+    """Jobs side by side on one corpus: executions and exec/s add up; coverage, features
+    and corpus are the best job's (they share what they find)."""
+    if len(parts) == 1:
+        return parts[0]
+    total = lambda k: sum(p.get(k) or 0 for p in parts)  # noqa: E731
+    best = lambda k: max((p.get(k) or 0 for p in parts), default=0)  # noqa: E731
+    return {"executions": total("executions"), "exec_per_s": total("exec_per_s"),
+            "new_units": total("new_units"), "cov": best("cov"), "ft": best("ft"),
+            "corpus": best("corpus"), "slowest_unit_s": best("slowest_unit_s"),
+            "peak_rss_mb": best("peak_rss_mb"), "per_job": parts}
+
+
 def crash_files(crash_dir: Path) -> list[Path]:
     if not crash_dir.is_dir():
         return []
@@ -213,8 +226,9 @@ def prepare(work: Path) -> tuple[Path, Path, dict]:
 
 
 def fuzz(work: Path, seconds: float | None = None, runs: int | None = None,
-         seed: int = 0) -> dict:
-    """Runs libFuzzer until `seconds` or `runs` (whichever comes first) or the first crash."""
+         seed: int = 0, jobs: int = 1) -> dict:
+    """Runs libFuzzer until `seconds` or `runs` (whichever comes first) or the first crash;
+    `jobs` > 1 runs that many fuzzers side by side on one corpus (runs split between them)."""
     work = Path(work).resolve()
     if seconds is None and runs is None:
         seconds = 60
@@ -230,20 +244,27 @@ def fuzz(work: Path, seconds: float | None = None, runs: int | None = None,
     if seconds is not None:
         argv.append(f"-max_total_time={max(1, int(seconds))}")
     if runs is not None:
-        argv.append(f"-runs={runs}")
+        argv.append(f"-runs={-(-runs // jobs)}")
+    if jobs > 1:  # libFuzzer's own parallel mode: job J logs to fuzz-J.log in the cwd
+        argv += [f"-jobs={jobs}", f"-workers={jobs}"]
+        for old in work.glob("fuzz-*.log"):
+            old.unlink()
     argv += [str(corpus), str(seeds)]
     log.info(f"fuzz: {' '.join(argv)}")
     log_path = work / "fuzz.log"
     with open(log_path, "w") as f:
         r = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env(), cwd=work)
-    text = log_path.read_text(errors="replace")
-    stats = parse_output(text)
+    logs = sorted(work.glob("fuzz-*.log")) if jobs > 1 else [log_path]
+    stats = combine([parse_output(p.read_text(errors="replace")) for p in logs])
+    if jobs > 1 and len(logs) != jobs:
+        r.returncode = r.returncode or 1  # a job that never ran is no clean run
     new = [str(p) for p in crash_files(crash_dir) if p not in before]
     passed = r.returncode == 0 and not new
     report = {"passed": passed, "exit_code": r.returncode, **stats, "crashes": new,
               "model": manifest["model"]["key"], "input_bytes": tensor_bytes(manifest["input"]),
               "max_payload": manifest["memory"]["frame_buffer_bytes"], "target": str(target),
-              "corpus_dir": str(corpus), "log": str(log_path)}
+              "corpus_dir": str(corpus), "jobs": jobs,
+              "log": [str(p) for p in logs] if jobs > 1 else str(log_path)}
     eps = stats.get("exec_per_s")
     report["text"] = (
         f"fuzz: {stats.get('executions') or 0:,} executions"

@@ -1,4 +1,4 @@
-"""edge-mnv1 fuzz [--seconds N] [--runs N] [--work DIR] [--replay FILE|DIR ...] [--json]"""
+"""edge-mnv1 fuzz [--seconds N] [--runs N] [--jobs J] [--work DIR] [--replay FILE|DIR ...] [--json]"""
 
 HELP = ("fuzz the device runtime's frame parser and request handler with libFuzzer (ASan + "
         "UBSan, a real compiled model), or replay inputs through it")
@@ -12,6 +12,8 @@ def add_arguments(p):
                    help="work directory: the model, the target, seeds, the growing corpus and "
                         "crashes (default runs/fuzz; kept between runs)")
     p.add_argument("--seed", type=int, default=0, help="libFuzzer's random seed (default 0)")
+    p.add_argument("--jobs", type=int, default=1, metavar="J",
+                   help="fuzzers side by side on one corpus (default 1); --runs is their total")
     p.add_argument("--replay", nargs="+", metavar="FILE",
                    help="run these inputs (files or directories) once each instead of fuzzing; "
                         "fails if any crashes (e.g. tests/fuzz_regressions)")
@@ -27,6 +29,9 @@ def run(args) -> dict:
         raise UsageError(f"--seconds {args.seconds}: give a positive number of seconds")
     if args.runs is not None and args.runs <= 0:
         raise UsageError(f"--runs {args.runs}: give a positive number of executions")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: give 1 or more")
     if args.replay:
         return fuzzing.replay(Path(args.work), args.replay)
-    return fuzzing.fuzz(Path(args.work), seconds=args.seconds, runs=args.runs, seed=args.seed)
+    return fuzzing.fuzz(Path(args.work), seconds=args.seconds, runs=args.runs, seed=args.seed,
+                        jobs=args.jobs)

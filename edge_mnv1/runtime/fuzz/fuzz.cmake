@@ -23,7 +23,8 @@ target_compile_definitions(fuzz_protocol PRIVATE EM_SINGLE_THREAD=1
 # Every check is fatal: a sanitizer report is a crash libFuzzer keeps as a finding.
 target_compile_options(fuzz_protocol PRIVATE
     $<$<COMPILE_LANGUAGE:C>:-O1 -g -fno-omit-frame-pointer -fsanitize=${EM_FUZZ_SANITIZE}
-    -fno-sanitize-recover=all -Wall -Wextra -Wno-unused-parameter>)
+    -fno-sanitize-recover=all -Wall -Wextra -Wno-unused-parameter
+    -fsanitize-coverage-ignorelist=${EM_RUNTIME_DIR}/fuzz/coverage-ignore.txt>)
 target_link_options(fuzz_protocol PRIVATE -fsanitize=${EM_FUZZ_SANITIZE})
 target_link_libraries(fuzz_protocol PRIVATE m)
 set_target_properties(fuzz_protocol PROPERTIES RUNTIME_OUTPUT_DIRECTORY "${EM_OUTPUT_DIR}")
