@@ -18,6 +18,7 @@ from edge_mnv1.errors import DeviceError
 
 from compiled import cli_json
 from compiled import untrained_onnx
+from sanitizers import no_sanitizer_reports, sanitized_artifact
 
 LIMIT = 120  # digits test inputs per parity run: enough for 10 classes, cheap under qemu
 
@@ -93,10 +94,14 @@ def test_thresholds_per_dtype_and_overrides():
 
 
 # -- on devices -----------------------------------------------------------------------------
-def test_host_parity_passes_against_pytorch_with_report(parity_artifacts, tmp_path):
+@pytest.mark.parametrize("build", ["plain", "asan-ubsan"])
+def test_host_parity_passes_against_pytorch_with_report(parity_artifacts, build, tmp_path,
+                                                        tmp_path_factory, monkeypatch):
     a = parity_artifacts
-    r = parity.parity(a["host"], ["local"], "digits", limit=LIMIT, report_dir=tmp_path,
-                      checkpoint=a["ckpt"])
+    art = a["host"] if build == "plain" else sanitized_artifact(a["onnx"], tmp_path_factory)
+    with no_sanitizer_reports(monkeypatch, tmp_path / "sanitizers"):
+        r = parity.parity(art, ["local"], "digits", limit=LIMIT, report_dir=tmp_path,
+                          checkpoint=a["ckpt"])
     assert r["passed"], r["text"]
     assert r["reference"] == "pytorch" and set(r["references"]) == {"pytorch", "onnxruntime"}
     assert r["n"] == LIMIT and not r["partial"]
