@@ -95,6 +95,26 @@ def test_seeds_are_the_frames_they_are_named(fuzz_work, sanitized_program, tmp_p
     assert len(seeds["infer"]) == 20 + fuzzing.tensor_bytes(manifest["input"])
 
 
+def test_run_counts_are_bounded_by_the_device(fuzz_work, sanitized_program, tmp_path,
+                                              monkeypatch):
+    """The limits that bound one request's cost (docs/protocol.md), at their edges, on the
+    real program: bench up to min(10000, (max_payload - 4) / 8) runs, profile up to 1000."""
+    max_payload = load_manifest(fuzz_work / "artifact")["memory"]["frame_buffer_bytes"]
+    bench_cap = min(10000, (max_payload - 4) // 8)
+    runs = lambda n: struct.pack("<I", n)  # noqa: E731
+    stream = b"".join([P.encode_frame(P.BENCH, 1, runs(bench_cap)),
+                       P.encode_frame(P.BENCH, 2, runs(bench_cap + 1)),
+                       P.encode_frame(P.PROFILE, 3, runs(1000)),
+                       P.encode_frame(P.PROFILE, 4, runs(1001))])
+    with no_sanitizer_reports(monkeypatch, tmp_path / "sanitizers"):
+        replies = serve(sanitized_program, stream, tmp_path / "sanitizers")
+    assert [(m, s) for m, s, _ in replies] == [(P.BENCH | P.REPLY, 1), (P.ERROR, 2),
+                                               (P.PROFILE | P.REPLY, 3), (P.ERROR, 4)]
+    assert struct.unpack_from("<I", replies[0][2])[0] == bench_cap
+    for (_, _, body), cap in ((replies[1], bench_cap), (replies[3], 1000)):
+        assert struct.unpack_from("<H", body)[0] == 7 and f"from 1 to {cap}".encode() in body
+
+
 def test_regressions_replay_clean_through_the_target(fuzz_work):
     files = sorted(p for p in REGRESSIONS.iterdir() if p.is_file())
     assert files, "tests/fuzz_regressions/ holds every crash the fuzzer found"
