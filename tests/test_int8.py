@@ -256,3 +256,26 @@ def test_bench_times_int8_and_fp32_side_by_side(int8_model, digits_onnx, tmp_pat
     assert v["ratio"] == pytest.approx(r["device_median_ms"] / v["device_median_ms"])
     bad = cli("bench", q, "--versus", tmp_path / "nothing", check=False)
     assert bad.returncode == 2
+
+
+@pytest.mark.slow
+def test_tuned_integer_kernels_stay_bit_exact(int8_model, tmp_path):
+    """MetaSchedule schedules the integer kernels like the fp32 ones; a schedule reorders
+    loops, never the integers, so the tuned program still matches the reference exactly."""
+    import os
+    import subprocess
+    import sys
+
+    from compiled import CLI, REPO
+
+    env = dict(os.environ, EDGE_MNV1_TUNING_ROOT=str(tmp_path / "records"))
+    run = lambda *a: json.loads(subprocess.run(  # noqa: E731
+        [*CLI, *map(str, a), "--json"], env=env, cwd=REPO, capture_output=True, text=True,
+        check=True, timeout=1200).stdout)
+    t = run("tune", int8_model[0], "--target", "host", "--trials", "16", "--minutes", "10")
+    assert t["model_key"].endswith("-int8") and t["trials_after"] >= 16
+    run("compile", int8_model[0], "--target", "host", "-o", tmp_path / "tuned")
+    manifest = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
+    assert manifest["tuning"]["applied"], "no record applied"
+    p = cli_json("parity", tmp_path / "tuned", "--data", "digits:150", "--reference", "integer")
+    assert p["passed"] and p["max_abs_error"] == 0.0
