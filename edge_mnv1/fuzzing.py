@@ -97,8 +97,11 @@ def build_target(artifact: Path, build_dir: Path) -> Path:
         raise UsageError("cmake is not installed; run ./scripts/setup.sh")
     build_dir = Path(build_dir).resolve()
     artifact = Path(artifact).resolve()
+    cache = build_dir / "CMakeCache.txt"
+    if cache.is_file() and f"CMAKE_HOME_DIRECTORY:INTERNAL={REPO}\n" not in cache.read_text():
+        shutil.rmtree(build_dir)  # configured from another checkout: start afresh
     cmds = []
-    if not (build_dir / "CMakeCache.txt").is_file():
+    if not cache.is_file():
         gen = ["-G", "Ninja"] if shutil.which("ninja") else []
         cmds.append(["cmake", "-S", str(REPO), "-B", str(build_dir), *gen,
                      f"-DCMAKE_C_COMPILER={CLANG}", "-DEM_PLATFORM=fuzz",
