@@ -11,6 +11,7 @@
 
 #include "cortex_m7_caches.h"
 #include "em_board.h"
+#include "stm32_usart.h"
 
 #define REG(addr) (*(volatile uint32_t*)(uintptr_t)(addr))
 
@@ -39,13 +40,6 @@
 #define GPIOD_OSPEEDR REG(GPIOD + 0x08u)
 #define GPIOD_AFRH REG(GPIOD + 0x24u)
 
-#define USART EM_UART_BASE /* USART3 */
-#define USART_CR1 REG(USART + 0x00u)
-#define USART_BRR REG(USART + 0x0Cu)
-#define USART_ISR REG(USART + 0x1Cu)
-#define USART_ICR REG(USART + 0x20u)
-#define USART_RDR REG(USART + 0x24u)
-#define USART_TDR REG(USART + 0x28u)
 
 #define APB1_HZ (EM_CPU_HZ / 4u) /* sysclk / HPRE 2 / D2PPRE1 2 */
 
@@ -93,20 +87,5 @@ void em_board_uart_init(void) {
   GPIOD_MODER = (GPIOD_MODER & ~(0xFu << 16)) | (0xAu << 16);     /* PD8, PD9: alternate */
   GPIOD_OSPEEDR = (GPIOD_OSPEEDR & ~(0xFu << 16)) | (0x5u << 16); /* medium speed */
   GPIOD_AFRH = (GPIOD_AFRH & ~0xFFu) | 0x77u;                     /* AF7: USART3 */
-  USART_CR1 = 0u;
-  USART_BRR = (APB1_HZ + EM_BAUD / 2u) / EM_BAUD;
-  USART_CR1 = (1u << 3) | (1u << 2) | 1u; /* TE, RE, UE */
-}
-
-int em_board_uart_getc(void) {
-  uint32_t isr = USART_ISR;
-  if (isr & 0xFu) USART_ICR = 0xFu; /* overrun, noise, framing, parity: clear, keep going */
-  if (isr & (1u << 5)) return (int)(USART_RDR & 0xFFu);
-  return -1;
-}
-
-void em_board_uart_putc(uint8_t c) {
-  while (!(USART_ISR & (1u << 7))) { /* TXE */
-  }
-  USART_TDR = c;
+  stm32_usart_enable(APB1_HZ);
 }
