@@ -42,7 +42,7 @@ def env() -> dict:
     """Sanitizer options for the target: every report fatal, symbolized."""
     sym = shutil.which("llvm-symbolizer-14") or shutil.which("llvm-symbolizer")
     e = dict(os.environ,
-             ASAN_OPTIONS="abort_on_error=1:halt_on_error=1:detect_leaks=1:allocator_may_return_null=0",
+             ASAN_OPTIONS="abort_on_error=1:halt_on_error=1:detect_leaks=1",
              UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1")
     if sym:
         e["ASAN_SYMBOLIZER_PATH"] = e["UBSAN_SYMBOLIZER_PATH"] = sym
@@ -309,6 +309,6 @@ def replay(work: Path, inputs: list[Path]) -> dict:
 
 def _first_report(stderr: str) -> str:
     for line in stderr.splitlines():
-        if "ERROR:" in line or "runtime error" in line or "bad reply" in line:
+        if "ERROR:" in line or "runtime error" in line or "fuzz_protocol:" in line:
             return line.strip()[:300]
     return stderr.strip().splitlines()[-1][:300] if stderr.strip() else "(no output)"

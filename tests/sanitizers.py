@@ -22,7 +22,8 @@ REPORT_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime er
 
 def sanitized_artifact(onnx_path: Path, tmp_path_factory, target: str = "host") -> Path:
     """`onnx_path` compiled with --sanitize address,undefined, once per session."""
-    art = tmp_path_factory.getbasetemp() / "sanitized_artifacts" / f"{Path(onnx_path).stem}-{target}"
+    root = tmp_path_factory.getbasetemp() / "sanitized_artifacts"
+    art = root / f"{Path(onnx_path).stem}-{target}"
     if not (art / "manifest.json").is_file() or not (art / "program").is_file():
         art.parent.mkdir(parents=True, exist_ok=True)
         r = cli_json("compile", onnx_path, "--target", target, "--sanitize", SANITIZE, "-o", art)

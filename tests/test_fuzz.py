@@ -136,6 +136,6 @@ def test_regressions_against_the_sanitized_linux_program(sanitized_program, tmp_
 def test_a_minute_of_fuzzing_finds_no_crash(fuzz_work):
     r = cli_json("fuzz", "--seconds", 60, "--work", fuzz_work)
     assert r["passed"] and r["exit_code"] == 0 and r["crashes"] == [], r.get("text")
-    # A meaningful run even on a busy 2-core machine (~1,000-4,000 executions a second).
-    assert r["executions"] >= 10_000, r
+    # A meaningful run even on a busy 2-core machine (~5,000-17,000 executions a second here).
+    assert r["executions"] >= 50_000, r
     assert r["cov"] > 0 and r["ft"] > 0 and r["corpus"] >= len(SEED_REPLIES)

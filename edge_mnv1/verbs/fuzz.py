@@ -1,4 +1,5 @@
-"""edge-mnv1 fuzz [--seconds N] [--runs N] [--jobs J] [--work DIR] [--replay FILE|DIR ...] [--json]"""
+"""edge-mnv1 fuzz [--seconds N] [--runs N] [--jobs J] [--work DIR] [--json]
+edge-mnv1 fuzz --replay FILE|DIR ... [--work DIR]"""
 
 HELP = ("fuzz the device runtime's frame parser and request handler with libFuzzer (ASan + "
         "UBSan, a real compiled model), or replay inputs through it")

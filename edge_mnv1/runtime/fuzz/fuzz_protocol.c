@@ -1,6 +1,6 @@
 /* libFuzzer target for the device side of docs/protocol.md: the fuzz input is the byte
- * stream the host sends, em_serve() reads it through em_platform_read until it ends, and the
- * request handler runs HELLO/INFER/BENCH/PROFILE/SELFTEST against a real compiled model.
+ * stream the host sends, em_serve_one() reads it through em_platform_read frame by frame, and
+ * the request handler runs HELLO/INFER/BENCH/PROFILE/SELFTEST against a real compiled model.
  *
  * Beyond the sanitizers' checks, every reply the device writes must be a frame the host
  * accepts: magic, version, a reply type, both CRCs right, a payload within the host's limit,
@@ -12,7 +12,8 @@
  *
  * Each input is served as em_serve() would, up to MAX_REPLIES replies.
  *
- * Built by fuzz.cmake (EM_PLATFORM=fuzz) with -fsanitize=fuzzer,address,undefined. */
+ * Built by fuzz.cmake (EM_PLATFORM=fuzz) with -fsanitize=fuzzer,address,undefined and
+ * unsigned-integer-overflow, every report fatal. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,7 +40,7 @@ static size_t g_sink_len;
 static unsigned g_replies;
 
 static void fail(const char* what) {
-  fprintf(stderr, "fuzz_protocol: bad reply: %s\n", what);
+  fprintf(stderr, "fuzz_protocol: %s\n", what);
   abort();
 }
 
@@ -70,23 +71,27 @@ static uint32_t u32_at(const uint8_t* p) {
 /* One reply is complete at each flush: check it as the host decoder would. */
 void em_platform_flush(void) {
   const uint8_t* f = g_sink;
-  if (g_sink_len < EM_HEADER_BYTES + 4) fail("shorter than a header and a CRC");
-  if (f[0] != EM_MAGIC0 || f[1] != EM_MAGIC1 || f[2] != EM_PROTOCOL_VERSION) fail("header");
+  if (g_sink_len < EM_HEADER_BYTES + 4) fail("a reply shorter than a header and a CRC");
+  if (f[0] != EM_MAGIC0 || f[1] != EM_MAGIC1 || f[2] != EM_PROTOCOL_VERSION)
+    fail("a reply header without the magic and version 1");
   uint8_t type = f[3];
-  int known = type == EM_MSG_ERROR || (type > EM_MSG_REPLY && type <= (EM_MSG_REPLY | EM_MSG_SELFTEST));
-  if (!known) fail("not a reply type");
-  if (u32_at(f + 12) != em_crc32(0, f, 12)) fail("header CRC");
+  int known = type == EM_MSG_ERROR ||
+              (type > EM_MSG_REPLY && type <= (EM_MSG_REPLY | EM_MSG_SELFTEST));
+  if (!known) fail("a reply of a type that is not a reply");
+  if (u32_at(f + 12) != em_crc32(0, f, 12)) fail("a reply whose header CRC is wrong");
   uint32_t len = u32_at(f + 8);
-  if ((size_t)len + EM_HEADER_BYTES + 4 != g_sink_len) fail("length field != bytes written");
+  if ((size_t)len + EM_HEADER_BYTES + 4 != g_sink_len)
+    fail("a reply whose length field is not the bytes written");
   /* The host takes replies up to max(max_payload, 4096) + 64 bytes (device/protocol.py). */
   uint32_t host_limit = (em_model.max_payload > 4096u ? em_model.max_payload : 4096u) + 64u;
-  if (len > host_limit) fail("payload above the host's limit");
+  if (len > host_limit) fail("a reply payload above the host's limit");
   if (u32_at(f + EM_HEADER_BYTES + len) != em_crc32(0, f + EM_HEADER_BYTES, len))
-    fail("payload CRC");
+    fail("a reply whose payload CRC is wrong");
   if (type == EM_MSG_ERROR) {
-    if (len < 2) fail("error reply without a code");
+    if (len < 2) fail("an error reply without a code");
     unsigned code = f[EM_HEADER_BYTES] | f[EM_HEADER_BYTES + 1] << 8;
-    if (code < EM_ERR_BAD_CRC || code > EM_ERR_BAD_ARGUMENT) fail("unknown error code");
+    if (code < EM_ERR_BAD_CRC || code > EM_ERR_BAD_ARGUMENT)
+      fail("an error reply with an unknown code");
   }
   g_sink_len = 0;
   ++g_replies;
