@@ -44,11 +44,14 @@ def _requantize(bb: relax.BlockBuilder, acc, layer: Layer, ndim: int, zero_point
     return bb.emit(relax.op.astype(clamped, "uint8"))
 
 
-def _centered(bb, x, zero_point: int, dtype: str):
-    """x - z_x in a signed type; a zero point of 0 (every ReLU output) costs nothing."""
-    if not zero_point:
+def _centered(bb, x, zero_point: int, dtype: str, always_widen: bool = False):
+    """x - z_x in a signed type; a zero point of 0 (every ReLU output) costs nothing unless
+    the consumer needs the wide type anyway (matmul, sum)."""
+    if not zero_point and not always_widen:
         return x
     wide = bb.emit(relax.op.astype(x, dtype))
+    if not zero_point:
+        return wide
     return bb.emit(relax.op.subtract(wide, relax.const(zero_point, dtype)))
 
 
@@ -74,15 +77,13 @@ def to_relax(model: IntegerModel) -> tvm.IRModule:
                     acc = bb.emit(relax.op.add(acc, _per_channel(layer.bias, 4, "int32")))
                     ndim = 4
                 elif layer.op == "gemm":
-                    xin = bb.emit(relax.op.astype(src, "int32")) if not zx else \
-                        _centered(bb, src, zx, "int32")
+                    xin = _centered(bb, src, zx, "int32", always_widen=True)
                     w = _const(np.ascontiguousarray(layer.weight.T))  # int8 [C, K]
                     acc = bb.emit(relax.op.matmul(xin, w, out_dtype="int32"))
                     acc = bb.emit(relax.op.add(acc, _const(layer.bias.astype(np.int32)[None])))
                     ndim = 2
                 elif layer.op == "avgpool":
-                    xin = _centered(bb, src, zx, "int32") if zx else \
-                        bb.emit(relax.op.astype(src, "int32"))
+                    xin = _centered(bb, src, zx, "int32", always_widen=True)
                     acc = bb.emit(relax.op.sum(xin, axis=[2, 3], keepdims=True))
                     ndim = 4
                 else:
