@@ -192,7 +192,8 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
                                    builder=builder, runner=runner, database=db,
                                    measure_callbacks=callbacks)
             except Exception as e:
-                if "TuningTimeUp" not in f"{type(e).__name__} {e}":
+                # Through tvm-ffi the callback's TuningTimeUp may arrive as a bare RuntimeError.
+                if "TuningTimeUp" not in f"{type(e).__name__} {e}" and time.time() <= deadline:
                     raise
                 stopped = "time"
             finally:
