@@ -35,6 +35,18 @@ DEPLOY_KILLS = int(os.environ.get("EDGE_MNV1_DEPLOY_KILLS", "12"))
 PARITY_KILLS = 4
 
 
+def one_conv_onnx(root: Path) -> Path:
+    """A single 3x3 conv on 1x3x8x8: one kernel to tune, the cheapest real tuning run."""
+    import torch
+
+    path = root / "one-conv.onnx"
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)).eval()
+    torch.onnx.export(net, torch.zeros(1, 3, 8, 8), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["out"])
+    return path
+
+
 def tiny_onnx(root: Path, seed: int = 0) -> Path:
     """conv 3->8 + ReLU + global pool + linear 8->4 on 1x3x8x8: four kernels."""
     import torch
@@ -130,15 +142,16 @@ class ForkServer:
         self.proc.wait(timeout=60)
 
 
+@pytest.mark.timeout(2400)
 def test_tuning_killed_at_random_moments_never_corrupts_the_records(tmp_path, monkeypatch):
     from edge_mnv1.compiler import records
 
-    onnx = tiny_onnx(tmp_path)
+    onnx = one_conv_onnx(tmp_path)
     root = tmp_path / "tuning"
     monkeypatch.setenv("EDGE_MNV1_TUNING_ROOT", str(root))  # for the commands started here
     env = {"EDGE_MNV1_TUNING_ROOT": str(root)}
     rng = random.Random(20)
-    step = budget = 8  # each run owes `step` trials more than are on record
+    step = budget = 4  # each run owes `step` trials more than are on record
 
     def tune(trials: int) -> list:
         return ["tune", onnx, "--target", "host", "--trials", trials, "--minutes", 10, "--json"]
@@ -159,8 +172,8 @@ def test_tuning_killed_at_random_moments_never_corrupts_the_records(tmp_path, mo
             budget = before + step
             log = tmp_path / f"tune-{runs}.log"
             # A run's time grows with the database (the search has more to weigh): every
-            # fourth run goes to its end and measures it again.
-            moment = 3600 if runs % 4 == 0 else rng.uniform(0, run_time)
+            # fifth run goes to its end and measures it again.
+            moment = 3600 if runs % 5 == 0 else rng.uniform(0, run_time)
             t0 = time.monotonic()
             code, killed = server.run_until(tune(budget), log, env, moment)
             kills += killed
