@@ -386,12 +386,6 @@ def profile_text(r: dict, top: int | None = None) -> str:
                      f"run alone ({r['instructions_note']}); a count, not a time")
     elif r.get("instructions_error"):
         lines.append(f"  instructions not counted: {r['instructions_error']}")
-    v = r.get("versus")
-    if v:
-        fig = _fmt(v["device_median_ms"]) if v["device_median_ms"] is not None else \
-            f"{v['device_median_ticks']:,.0f} {v['tick_unit']}"
-        lines.append(f"  versus        {v['model']} ({v['artifact']}) on the same device: median "
-                     f"{fig}" + (f"; this / that = {v['ratio']:.3f}x" if v["ratio"] else ""))
     if r.get("emulated"):
         lines.append(f"  NOTE: {r['emulated_note']}.")
     return "\n".join(lines)

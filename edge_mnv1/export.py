@@ -188,3 +188,22 @@ def export(ckpt, out, batch=1, opset: int = DEFAULT_OPSET) -> dict:
                           "own fp32 error vs float64); the export is wrong")
     result["passed"] = True
     return result
+
+
+def export_random(path: str | Path, side: int, alpha: float = 0.25, classes: int = 10,
+                  seed: int = 0) -> Path:
+    """MobileNetV1 with seeded random weights exported for side x side inputs (the network
+    is fully convolutional, so sides below the config's minimum of 32 work): a cheap model
+    for fuzzing and soaks, where the numbers do not matter and the frame size does."""
+    import torch
+
+    from .model import MobileNetV1
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    net = MobileNetV1(ModelConfig(alpha=alpha, resolution=32, classes=classes)).eval()
+    tmp = path.with_name(path.name + ".tmp")
+    torch.onnx.export(net, torch.zeros(1, 3, side, side), str(tmp), dynamo=False,
+                      opset_version=17, input_names=["input"], output_names=["logits"])
+    os.replace(tmp, path)
+    return path

@@ -51,21 +51,6 @@ def env() -> dict:
 
 # ---- the model and the target ----------------------------------------------------------
 
-def small_onnx(path: Path) -> Path:
-    """MobileNetV1 0.25 (10 classes, seeded random weights) exported for 8x8 inputs."""
-    import torch
-
-    from .model import MobileNetV1, ModelConfig
-
-    torch.manual_seed(0)
-    net = MobileNetV1(ModelConfig(alpha=0.25, resolution=32, classes=10)).eval()
-    tmp = path.with_name(path.name + ".tmp")
-    torch.onnx.export(net, torch.zeros(1, 3, FUZZ_SIDE, FUZZ_SIDE), str(tmp), dynamo=False,
-                      opset_version=17, input_names=["input"], output_names=["logits"])
-    os.replace(tmp, path)
-    return path
-
-
 def ensure_artifact(work: Path) -> Path:
     """The work directory's artifact, compiled (untuned, for host) unless it is there intact."""
     from .device.artifact import load_manifest
@@ -80,7 +65,9 @@ def ensure_artifact(work: Path) -> Path:
     from .targets import load_target
 
     log.info(f"fuzz: compiling MobileNetV1 0.25 at {FUZZ_SIDE}x{FUZZ_SIDE} for host into {art}")
-    onnx_path = small_onnx(work / "model.onnx")
+    from .export import export_random
+
+    onnx_path = export_random(work / "model.onnx", FUZZ_SIDE)
     if art.exists():
         shutil.rmtree(art)
     compile_artifact(onnx_path, load_target("host"), art, use_records=False)

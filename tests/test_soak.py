@@ -21,6 +21,7 @@ from edge_mnv1.device.connect import open_device
 from edge_mnv1.device.faults import FaultSpec, FaultyTransport, split_url
 from edge_mnv1.device.transport import Transport
 from edge_mnv1.errors import UsageError
+from edge_mnv1.export import export_random
 
 from compiled import cli, cli_json
 
@@ -28,17 +29,7 @@ FAULTS = "ber=1e-4,drop=3e-5,dup=3e-5,trunc=5e-3,delay=5e-3,delay_s=0.3,seed=1"
 
 
 def small_onnx(root, side: int = 8):
-    """MobileNetV1 0.25 (10 classes, seeded random weights) exported for side x side inputs."""
-    import torch
-
-    from edge_mnv1.model import MobileNetV1, ModelConfig
-
-    path = root / f"mnv1-0.25-{side}x{side}.onnx"
-    torch.manual_seed(0)
-    net = MobileNetV1(ModelConfig(alpha=0.25, resolution=32, classes=10)).eval()
-    torch.onnx.export(net, torch.zeros(1, 3, side, side), str(path), dynamo=False,
-                      opset_version=17, input_names=["input"], output_names=["logits"])
-    return path
+    return export_random(root / f"mnv1-0.25-{side}x{side}.onnx", side)
 
 
 @pytest.fixture(scope="module")
