@@ -31,6 +31,9 @@ _TOP = {
 _TVM = {
     "target": (dict, True, 'a TVM target dict, e.g. {kind = "llvm", mtriple = "..."}'),
     "emit": (str, False, '"llvm" (object file) or "c" (C source for the toolchain)'),
+    "layout": (str, False, '"NCHW" (as imported, the default) or "NHWC" (channels last)'),
+    "prepack_weights": (bool, False, "true or false: tuned kernels may store their weights "
+                        "in a blocked layout of their own"),
 }
 _BUILD = {
     "toolchain": (str, False, "a CMake toolchain file relative to targets/"),
@@ -81,6 +84,14 @@ class Target:
     def threads(self) -> int:
         return int(self.build.get("threads", 1))
 
+    @property
+    def layout(self) -> str:
+        return self.tvm.get("layout", "NCHW")
+
+    @property
+    def prepack_weights(self) -> bool:
+        return bool(self.tvm.get("prepack_weights", False))
+
     def toolchain_file(self) -> Path | None:
         tc = self.build.get("toolchain")
         return (TARGETS_DIR / tc) if tc else None
@@ -124,6 +135,9 @@ def load_target_file(path: Path) -> Target:
         raise UsageError(f"{path}: key 'kind' is {data['kind']!r}; expected \"linux\" or \"mcu\"")
     _check(data["tvm"], _TVM, "tvm.", path)
     _check(data["build"], _BUILD, "build.", path)
+    if data["tvm"].get("layout", "NCHW") not in ("NCHW", "NHWC"):
+        raise UsageError(f"{path}: tvm.layout = {data['tvm']['layout']!r}: give \"NCHW\" or "
+                         "\"NHWC\"")
     if "emulator" in data:
         _check(data["emulator"], _EMULATOR, "emulator.", path)
     for name, region in data.get("memory", {}).items():

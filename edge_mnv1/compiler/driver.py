@@ -63,11 +63,13 @@ def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path
     log.info(f"compile: importing {model_path} (input {shape}) for {target.name} "
              f"({resolved.tvm_target.attrs.get('mcpu', '')})")
     mod, dtype, int_model = frontend.import_model(model)
-    fused = lowering.fuse(mod, resolved.tvm_target, fold_constants=int_model is None)
+    layout, prepack = lowering.layout_for(target, int_model is not None)
+    fused = lowering.fuse(mod, resolved.tvm_target, fold_constants=int_model is None,
+                          layout=layout, prepack=prepack)
     # MACs are read off the graph before records change the weights' layout.
-    prog = graph.extract(fused)
+    imported = graph.extract(fused)
 
-    key = records.model_key(meta, shape, dtype, model_path.read_bytes())
+    key = records.model_key(meta, shape, dtype, model_path.read_bytes(), layout)
     rec_dir = records.records_dir(resolved.cpu_key, key, tuning_root)
     applied: list[str] = []
     if use_records and records.has_records(rec_dir):
@@ -75,11 +77,15 @@ def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path
                                                  records.open_database(rec_dir))
         log.info(f"compile: tuning records from {rec_dir} cover {len(applied)} of "
                  f"{len(lowering.kernels(fused))} kernels")
+        if prepack:
+            fused = lowering.prepack_weights(fused)
     elif use_records:
         log.info(f"compile: no tuning records for CPU key {resolved.cpu_key!r} and model "
                  f"{key!r} (looked in {rec_dir}); compiling untuned. "
                  f"Run `edge-mnv1 tune {model_path} --target {target.name}` to make them.")
     scheduled, defaulted = lowering.apply_default_schedules(fused)
+    prog = graph.extract(scheduled)
+    prepacked = graph.carry_macs(imported, prog)
 
     if out_dir.exists():
         if not (out_dir / "manifest.json").exists() and any(out_dir.iterdir()):
@@ -152,6 +158,8 @@ def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path
                     for i, c in enumerate(prog.calls)],
         "total_macs": sum(c.macs for c in prog.calls),
         "emit": emit_kind,
+        "layout": {"activations": layout, "prepack_weights": prepack,
+                   "prepacked_weights": prepacked},
         "tuning": {"records_dir": str(rec_dir), "cpu_key": resolved.cpu_key, "model_key": key,
                    "applied": sorted(applied), "untuned": sorted(defaulted)},
         "golden": {"cases": cases, "tolerance": tolerance,

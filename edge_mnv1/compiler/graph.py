@@ -132,3 +132,20 @@ def extract(mod: tvm.IRModule) -> Program:
     prog.tensors[prog.input].last = end
     prog.tensors[prog.output].last = end
     return prog
+
+
+def carry_macs(imported: Program, compiled: Program) -> int:
+    """Copies each call's multiply-adds from the program as imported to the same call after
+    tuning records (whose prepacked weights no longer show the conv's shape); returns how
+    many weights a tuned schedule stored in a layout of its own."""
+    # SplitLayoutRewritePreproc renames a kernel that takes prepacked weights.
+    if [c.kernel for c in imported.calls] != \
+            [c.kernel.removesuffix("_prepacked") for c in compiled.calls]:
+        raise UsageError("internal: applying the tuning records changed the kernel calls")
+    repacked = 0
+    for before, after in zip(imported.calls, compiled.calls):
+        after.macs = before.macs
+        for a, b in zip(before.args, after.args):
+            ta, tb = imported.tensors[a], compiled.tensors[b]
+            repacked += ta.kind == tb.kind == "weight" and ta.shape != tb.shape
+    return repacked

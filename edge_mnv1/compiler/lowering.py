@@ -13,19 +13,52 @@ import tvm.tirx as tirx
 import tvm.s_tir as s_tir
 
 
-def fuse(mod: tvm.IRModule, target: tvm.target.Target, fold_constants: bool = True) -> tvm.IRModule:
+def layout_for(target, integer: bool) -> tuple[str, bool]:
+    """(activation layout, prepack weights) for a compile: the target file's choice for float
+    models; integer models keep the imported layout (their per-channel requantization
+    constants are built for NCHW in compiler/integer.py)."""
+    if integer:
+        return "NCHW", False
+    return target.layout, target.prepack_weights
+
+
+def fuse(mod: tvm.IRModule, target: tvm.target.Target, fold_constants: bool = True,
+         layout: str = "NCHW", prepack: bool = False) -> tvm.IRModule:
     """fold_constants=False keeps casts of constants (the integer path's int32 multipliers
-    widened to int64) inside the kernels instead of storing the widened constants."""
+    widened to int64) inside the kernels instead of storing the widened constants.
+
+    layout="NHWC" converts the convolutions to channels-last activations and OHWI weights
+    (the channels a pointwise conv reduces over and a depthwise conv vectorizes over become
+    contiguous). prepack=True marks every kernel's constant arguments layout-free, so that a
+    tuned schedule may ask for its weights in a blocked layout of its own (`prepack_weights`
+    then rewrites the constants at compile time)."""
     passes = [
+        *([relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})]
+          if layout == "NHWC" else []),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         *([relax.transform.FoldConstant()] if fold_constants else []),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
+        *([relax.transform.AttachAttrLayoutFreeBuffers()] if prepack else []),
     ]
     with target:
         return tvm.ir.transform.Sequential(passes)(mod)
+
+
+def prepack_weights(mod: tvm.IRModule) -> tvm.IRModule:
+    """After records are applied: a kernel whose schedule rewrote its weights' layout gets
+    that rewrite split off into a kernel of its own, which FoldConstant runs here, on the
+    constants, so the program stores the weights already in the kernel's layout."""
+    passes = [
+        relax.transform.SplitLayoutRewritePreproc(),
+        relax.transform.FoldConstant(),
+        # The folded rewrites come back as a tuple of constants, read by TupleGetItem.
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.DeadCodeElimination(),
+    ]
+    return tvm.ir.transform.Sequential(passes)(mod)
 
 
 def kernels(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:

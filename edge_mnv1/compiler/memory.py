@@ -1,7 +1,8 @@
 """The static memory plan: every activation gets a fixed offset in one arena.
 
-Greedy by size (largest first, lowest offset that overlaps no tensor alive at the same
-time), the offline planner TFLite Micro also uses. The liveness lower bound (the most bytes
+Greedy (each tensor at the lowest offset that overlaps no tensor alive at the same time),
+tried in a few placement orders, keeping the smallest; largest-first alone is the offline
+planner TFLite Micro uses. The liveness lower bound (the most bytes
 alive at any one call) is reported beside it: no plan can use less.
 """
 
@@ -20,22 +21,41 @@ def _overlap_in_time(a: TensorInfo, b: TensorInfo) -> bool:
     return a.first <= b.last and b.first <= a.last
 
 
-def plan_arena(prog: Program) -> int:
-    """Assigns offsets to input, output and activations; returns the arena size in bytes."""
-    live = [t for t in prog.tensors if t.kind != "weight"]
-    placed: list[TensorInfo] = []
-    for t in sorted(live, key=lambda t: (-t.nbytes, t.index)):
+# Orders in which tensors are placed; the plan keeps the smallest arena any of them gives.
+# Largest-first is TFLite Micro's; the others win on graphs where a short-lived large tensor
+# (e.g. the input's channels-last copy) would otherwise push the long-lived ones upward.
+_ORDERS = {
+    "largest first": lambda t: (-t.nbytes, t.index),
+    "longest-lived first": lambda t: (-(t.last - t.first), -t.nbytes, t.index),
+    "first written first": lambda t: (t.first, -t.nbytes, t.index),
+    "largest area first": lambda t: (-t.nbytes * (t.last - t.first + 1), t.index),
+}
+
+
+def _place(live: list[TensorInfo], order) -> tuple[int, dict[int, int]]:
+    placed: list[tuple[TensorInfo, int]] = []
+    for t in sorted(live, key=order):
         size = _align(t.nbytes)
-        conflicts = sorted((p.offset, p.offset + _align(p.nbytes))
-                           for p in placed if _overlap_in_time(p, t))
+        conflicts = sorted((off, off + _align(p.nbytes))
+                           for p, off in placed if _overlap_in_time(p, t))
         offset = 0
         for start, stop in conflicts:
             if offset + size <= start:
                 break
             offset = max(offset, stop)
-        t.offset = offset
-        placed.append(t)
-    return max((t.offset + _align(t.nbytes) for t in placed), default=0)
+        placed.append((t, offset))
+    size = max((off + _align(t.nbytes) for t, off in placed), default=0)
+    return size, {t.index: off for t, off in placed}
+
+
+def plan_arena(prog: Program) -> int:
+    """Assigns offsets to input, output and activations; returns the arena size in bytes."""
+    live = [t for t in prog.tensors if t.kind != "weight"]
+    size, offsets = min((_place(live, order) for order in _ORDERS.values()),
+                        key=lambda r: r[0])
+    for t in live:
+        t.offset = offsets[t.index]
+    return size
 
 
 def liveness_lower_bound(prog: Program) -> int:

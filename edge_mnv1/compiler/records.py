@@ -22,12 +22,15 @@ WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 
 
-def model_key(meta: dict, input_shape: list[int], dtype: str, onnx_bytes: bytes) -> str:
+def model_key(meta: dict, input_shape: list[int], dtype: str, onnx_bytes: bytes,
+              layout: str = "NCHW") -> str:
+    """A channels-last compile has other kernels than the imported layout: its own records."""
+    suffix = "" if layout == "NCHW" else f"-{layout.lower()}"
     cfg = meta.get("config") if isinstance(meta.get("config"), dict) else None
     if cfg and {"alpha", "resolution", "classes"} <= set(cfg):
-        return f"mnv1-a{cfg['alpha']:g}-r{cfg['resolution']}-c{cfg['classes']}-{dtype}"
+        return f"mnv1-a{cfg['alpha']:g}-r{cfg['resolution']}-c{cfg['classes']}-{dtype}{suffix}"
     digest = hashlib.sha256(onnx_bytes).hexdigest()[:12]
-    return f"onnx-{'x'.join(map(str, input_shape))}-{dtype}-{digest}"
+    return f"onnx-{'x'.join(map(str, input_shape))}-{dtype}-{digest}{suffix}"
 
 
 def records_dir(cpu_key: str, key: str, root: Path | None = None) -> Path:

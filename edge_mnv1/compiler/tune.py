@@ -152,7 +152,8 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
 
     relax_mod, dtype, int_model = frontend.import_model(model)
-    key_name = records.model_key(meta, shape, dtype, model_path.read_bytes())
+    layout, prepack = lowering.layout_for(target, int_model is not None)
+    key_name = records.model_key(meta, shape, dtype, model_path.read_bytes(), layout)
     rec_dir = records.records_dir(resolved.cpu_key, key_name, tuning_root)
     rec_dir.mkdir(parents=True, exist_ok=True)
     done = records.repair_database(rec_dir)
@@ -160,7 +161,8 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
     log.info(f"tune: {key_name} for {resolved.cpu_key}: {done} trials on record in {rec_dir}, "
              f"{remaining} to go (budget {trials} trials, {minutes:g} min)")
 
-    fused = lowering.fuse(relax_mod, resolved.tvm_target, fold_constants=int_model is None)
+    fused = lowering.fuse(relax_mod, resolved.tvm_target, fold_constants=int_model is None,
+                          layout=layout, prepack=prepack)
     tasks = ms.relax_integration.extract_tasks(fused, resolved.tvm_target)
     if not tasks:
         raise UsageError("no tunable kernels found in the model")
