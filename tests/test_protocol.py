@@ -115,6 +115,65 @@ def test_corrupt_header_and_garbage_are_skipped(device):
     still_serving(device)
 
 
+def test_a_frame_starting_inside_a_corrupt_header_is_answered(device):
+    """A header whose CRC fails costs one byte, not sixteen: a frame that begins inside it
+    (here two bytes in, after a stray magic) is still found and answered."""
+    mtype, seq, body = raw_request(device, P.MAGIC + P.encode_frame(P.HELLO, 92))
+    assert mtype == P.ERROR and struct.unpack_from("<H", body)[0] == 1
+    mtype, seq, body = device.client._read_frame(__import__("time").monotonic() + 20)
+    assert (mtype, seq) == (P.HELLO | 0x80, 92) and json.loads(body)["protocol"] == P.VERSION
+    still_serving(device)
+
+
+def test_unknown_version_with_a_long_payload_is_drained(host_artifact, tmp_path):
+    """BAD_VERSION drains the announced payload however long: a frame inside it is payload."""
+    limit = load_manifest(host_artifact)["memory"]["frame_buffer_bytes"]
+    hidden = P.encode_frame(P.HELLO, 95)
+    payload = hidden + b"z" * (limit + 100 - len(hidden))
+    head = struct.pack("<2sBBHHI", P.MAGIC, 9, P.HELLO, 93, 0, len(payload))
+    head += struct.pack("<I", zlib.crc32(head))
+    stream = head + payload + b"\0\0\0\0" + P.encode_frame(P.HELLO, 94)
+    r = subprocess.run([str(host_artifact / "program"), "--serve"], input=stream,
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    check_no_reports(tmp_path, r.stderr.decode("utf-8", "replace"))
+    d = P.FrameDecoder()
+    d.feed(r.stdout)
+    replies = []
+    while (f := d.next_frame()) is not None:
+        replies.append(f[:2])
+    assert replies == [(P.ERROR, 93), (P.HELLO | 0x80, 94)]
+
+
+def test_selftest_fails_on_a_nan_output_whatever_follows(host_artifact, tmp_path):
+    """One NaN then finite errors must not pass (the maximum once lost the NaN), and the
+    reply stays JSON."""
+    art = tmp_path / "art"
+    shutil.copytree(host_artifact, art, ignore=shutil.ignore_patterns("build", "program"))
+    m = json.loads((host_artifact / "manifest.json").read_text())
+    golden = bytearray((art / "golden.bin").read_bytes())
+    cases, out_bytes = m["golden"]["cases"], 4 * int(np.prod(m["output"]["shape"]))
+    first_out = len(golden) - cases * out_bytes
+    golden[first_out:first_out + 4] = struct.pack("<f", float("nan"))  # first output: NaN
+    (art / "golden.bin").write_bytes(bytes(golden))
+    from edge_mnv1.program import build_program
+    from edge_mnv1.targets import load_target
+    build_program(load_target("host"), art)
+    r = subprocess.run([str(art / "program"), "--selftest"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "selftest FAIL" in r.stdout and "nonfinite=1" in r.stdout
+    stream = P.encode_frame(P.SELFTEST, 96)
+    r = subprocess.run([str(art / "program"), "--serve"], input=stream, capture_output=True,
+                       timeout=60)
+    d = P.FrameDecoder()
+    d.feed(r.stdout)
+    mtype, seq, body = d.next_frame()[:3]
+    reply = json.loads(body)
+    assert (mtype, seq) == (P.SELFTEST | 0x80, 96)
+    assert reply["passed"] is False and reply["nonfinite"] == 1
+    assert 0 <= reply["max_abs_error"] <= 1e-4  # the finite outputs still match
+
+
 def test_unknown_message_type(device):
     mtype, _, body = raw_request(device, P.encode_frame(0x42, 81))
     assert mtype == P.ERROR and struct.unpack_from("<H", body)[0] == 4

@@ -73,7 +73,25 @@ static void send_error(uint16_t seq, uint16_t code, const char* msg) {
   send_reply2(EM_MSG_ERROR, seq, c, 2, (const uint8_t*)msg, (uint32_t)strlen(msg));
 }
 
+/* Bytes given back to the stream: after a header whose CRC fails, all but its first byte
+ * are scanned again, since a real frame may begin inside a damaged one. */
+static uint8_t g_back[EM_HEADER_BYTES];
+static uint32_t g_back_pos, g_back_len;
+
+static void give_back(const uint8_t* bytes, uint32_t len) {
+  /* Only ever called with the header just read whole, so nothing is left unread in g_back. */
+  memcpy(g_back, bytes, len);
+  g_back_pos = 0;
+  g_back_len = len;
+}
+
+void em_protocol_reset(void) { g_back_pos = g_back_len = 0; }
+
 static int read_exact(uint8_t* buf, size_t len) {
+  while (len && g_back_pos < g_back_len) {
+    *buf++ = g_back[g_back_pos++];
+    --len;
+  }
   while (len) {
     size_t n = em_platform_read(buf, len);
     if (n == 0) return 0;
@@ -183,8 +201,9 @@ static void handle_profile(uint16_t seq, const uint8_t* payload, uint32_t len) {
 static void handle_selftest(uint16_t seq) {
   em_selftest_result_t r = em_selftest();
   char msg[128];
-  int k = snprintf(msg, sizeof msg, "{\"passed\":%s,\"max_abs_error\":%.9g,\"cases\":%lu}",
-                   r.passed ? "true" : "false", r.max_abs_error, (unsigned long)r.cases);
+  int k = snprintf(msg, sizeof msg, "{\"passed\":%s,\"max_abs_error\":%.9g,\"cases\":%lu,"
+                   "\"nonfinite\":%lu}", r.passed ? "true" : "false", r.max_abs_error,
+                   (unsigned long)r.cases, (unsigned long)r.nonfinite);
   send_reply(EM_MSG_SELFTEST | EM_MSG_REPLY, seq, (const uint8_t*)msg, (uint32_t)k);
 }
 
@@ -202,7 +221,8 @@ int em_serve_one(void) {
   uint16_t seq = (uint16_t)(h[4] | h[5] << 8);
   /* 2. Trust nothing in the header until its own CRC matches. */
   if (get_u32(h + 12) != em_crc32(0, h, 12)) {
-    send_error(seq, EM_ERR_BAD_CRC, "header CRC mismatch; frame dropped");
+    send_error(seq, EM_ERR_BAD_CRC, "header CRC mismatch; scanning on from the next byte");
+    give_back(h + 1, EM_HEADER_BYTES - 1);
     return 1;
   }
   uint32_t len = get_u32(h + 8);
@@ -212,7 +232,7 @@ int em_serve_one(void) {
     char msg[96];
     snprintf(msg, sizeof msg, "protocol version %u not spoken; this device speaks %u",
              h[2], EM_PROTOCOL_VERSION);
-    if (len <= em_model.max_payload + 4u && !drain((uint64_t)len + 4)) return 0;
+    if (!drain((uint64_t)len + 4)) return 0;  /* however long: nothing in it is a request */
     send_error(seq, EM_ERR_BAD_VERSION, msg);
     return 1;
   }

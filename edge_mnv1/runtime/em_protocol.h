@@ -41,6 +41,10 @@ void em_serve(void);
 /* Reads and answers one frame; returns 0 at end of stream, 1 otherwise. */
 int em_serve_one(void);
 
+/* Forgets any bytes the parser holds back for rescanning (a new stream; the fuzzer's
+ * executions each start one). */
+void em_protocol_reset(void);
+
 #ifdef __cplusplus
 }
 #endif

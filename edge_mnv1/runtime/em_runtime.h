@@ -23,6 +23,7 @@ typedef struct {
   int passed;
   double max_abs_error;
   uint32_t cases;
+  uint32_t nonfinite;   /* outputs that were NaN or infinite where the golden data is finite */
 } em_selftest_result_t;
 em_selftest_result_t em_selftest(void);
 

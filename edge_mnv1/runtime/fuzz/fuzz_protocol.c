@@ -105,6 +105,7 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   g_in_pos = 0;
   g_sink_len = 0;
   g_replies = 0;
+  em_protocol_reset();
   int more = 1;
   while (more && g_replies < MAX_REPLIES) more = em_serve_one();
   if (g_sink_len) fail("bytes written but never flushed");

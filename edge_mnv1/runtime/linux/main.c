@@ -123,8 +123,9 @@ int main(int argc, char** argv) {
   em_pool_start(threads_from_env());
   if (!strcmp(mode, "--selftest")) {
     em_selftest_result_t r = em_selftest();
-    printf("edge_mnv1 selftest %s max_abs_error=%.9g cases=%lu%s%s\n", r.passed ? "PASS" : "FAIL",
-           r.max_abs_error, (unsigned long)r.cases, r.passed ? "" : " error=",
+    printf("edge_mnv1 selftest %s max_abs_error=%.9g cases=%lu nonfinite=%lu%s%s\n",
+           r.passed ? "PASS" : "FAIL", r.max_abs_error, (unsigned long)r.cases,
+           (unsigned long)r.nonfinite, r.passed ? "" : " error=",
            r.passed ? "" : em_last_error());
     return r.passed ? 0 : 1;
   }

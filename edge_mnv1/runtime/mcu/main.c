@@ -15,9 +15,10 @@ int main(void) {
   char line[224];
   unsigned long per_case = r.cases ? (unsigned long)((t1 - t0) / r.cases) : 0ul;
   int n = snprintf(line, sizeof line,
-                   "\r\nedge_mnv1 selftest %s max_abs_error=%.9g cases=%lu target=%s "
-                   "%s_per_inference=%lu%s%s\r\n",
+                   "\r\nedge_mnv1 selftest %s max_abs_error=%.9g cases=%lu nonfinite=%lu "
+                   "target=%s %s_per_inference=%lu%s%s\r\n",
                    r.passed ? "PASS" : "FAIL", r.max_abs_error, (unsigned long)r.cases,
+                   (unsigned long)r.nonfinite,
                    EM_TARGET_NAME, em_platform_tick_unit(), per_case,
                    r.passed ? "" : " error=", r.passed ? "" : em_last_error());
   if (n > (int)sizeof line - 1) n = (int)sizeof line - 1;
