@@ -67,23 +67,64 @@ def bench_device(dev, manifest: dict, runs: int, warmup: int, roundtrips: int = 
             t0 = time.perf_counter_ns()
             dev.client.infer(x)
             rts.append((time.perf_counter_ns() - t0) / 1e6)
-    st = percentiles(ticks)
-    scale = TICKS_PER_MS.get(unit)
     r = {"passed": True, "device": dev.url, "target": manifest["target"], "runs": runs,
          "warmup": warmup, "tick_unit": unit, "emulated": emulated,
          "emulated_note": (f"{why}: times under an emulator are not the board's" if emulated
                            else None),
-         "device_median_ticks": st["median"], "device_p10_ticks": st["p10"],
-         "device_p90_ticks": st["p90"], "device_min_ticks": st["min"],
-         "device_median_ms": st["median"] / scale if scale else None,
-         "device_p10_ms": st["p10"] / scale if scale else None,
-         "device_p90_ms": st["p90"] / scale if scale else None,
-         "roundtrip_ms": statistics.median(rts) if rts else None,
-         "ticks": ticks}
+         "roundtrip_ms": statistics.median(rts) if rts else None}
+    return _device_stats(r, ticks, manifest)
+
+
+def _device_stats(r: dict, ticks: list, manifest: dict) -> dict:
+    st = percentiles(ticks)
+    scale = TICKS_PER_MS.get(r["tick_unit"])
+    r.update({"device_median_ticks": st["median"], "device_p10_ticks": st["p10"],
+              "device_p90_ticks": st["p90"], "device_min_ticks": st["min"],
+              "device_median_ms": st["median"] / scale if scale else None,
+              "device_p10_ms": st["p10"] / scale if scale else None,
+              "device_p90_ms": st["p90"] / scale if scale else None,
+              "runs": len(ticks), "ticks": list(ticks)})
     if scale is None:
         r["device_macs_per_tick"] = manifest.get("total_macs", 0) / st["median"] \
             if st["median"] else None
     return r
+
+
+def _merge_rounds(rounds: list[list[dict]], hosts: list[dict], manifest: dict) -> tuple:
+    """Rounds of (devices, then this machine's engines), one after the other, as one result
+    per device: runs pooled, and each round's own ratio kept, since the load of a shared
+    machine drifts between rounds but hits both sides of one round alike."""
+    merged = []
+    for i, first in enumerate(rounds[0]):
+        per = [rr[i] for rr in rounds]
+        if not all("ticks" in r for r in per):
+            merged.append(next(r for r in per if "ticks" not in r))  # a failed round
+            continue
+        r = _device_stats(dict(first), [t for p in per for t in p["ticks"]], manifest)
+        r["roundtrip_ms"] = statistics.median(p["roundtrip_ms"] for p in per
+                                              if p.get("roundtrip_ms") is not None) \
+            if any(p.get("roundtrip_ms") is not None for p in per) else None
+        if first.get("versus"):
+            ratios = [p["versus"]["ratio"] for p in per if p["versus"].get("ratio")]
+            r["versus"] = dict(per[-1]["versus"], ratio=statistics.median(ratios) if ratios
+                               else None, ratio_rounds=ratios)
+        r["rounds"] = [{"device_median_ms": p.get("device_median_ms"),
+                        "onnxruntime_ms": (h.get("onnxruntime") or {}).get("median_ms"),
+                        "torch_ms": (h.get("pytorch") or {}).get("median_ms")} for p, h in
+                       zip(per, hosts)]
+        for x in r["rounds"]:
+            x["ratio_to_onnxruntime"] = x["device_median_ms"] / x["onnxruntime_ms"] \
+                if x["device_median_ms"] and x["onnxruntime_ms"] else None
+        merged.append(r)
+    host = {}
+    for engine in hosts[0]:
+        parts = [h[engine] for h in hosts if engine in h]
+        if all("times_ms" in p for p in parts):
+            host[engine] = _host_stats([t for p in parts for t in p["times_ms"]],
+                                       parts[0]["note"], parts[0]["version"])
+        else:
+            host[engine] = next(p for p in parts if "times_ms" not in p)
+    return merged, host
 
 
 def machine_load(sample_s: float = 0.5) -> dict:
@@ -143,10 +184,14 @@ def host_baselines(artifact, manifest: dict, runs: int, warmup: int, threads: in
             except DeviceError as e:
                 out[engine] = {"error": str(e)}
                 continue
-            st = percentiles(t["times_ms"])
-            out[engine] = {"median_ms": st["median"], "p10_ms": st["p10"], "p90_ms": st["p90"],
-                           "note": t["note"], "version": t["version"]}
+            out[engine] = _host_stats(t["times_ms"], t["note"], t["version"])
     return out
+
+
+def _host_stats(times_ms: list[float], note: str, version: str) -> dict:
+    st = percentiles(times_ms)
+    return {"median_ms": st["median"], "p10_ms": st["p10"], "p90_ms": st["p90"],
+            "note": note, "version": version, "times_ms": list(times_ms)}
 
 
 def attach_baselines(r: dict, host: dict) -> dict:
@@ -174,9 +219,11 @@ def instruction_counts(artifact, manifest: dict, calls: bool = False) -> dict:
 
 def bench(artifact, urls: list[str], runs: int = 50, warmup: int = 5, threads: int = 2,
           report_dir=None, checkpoint=None, host: bool = True, count: bool = True,
-          versus=None) -> dict:
+          versus=None, rounds: int = 1) -> dict:
     if runs < 1 or runs > 10000:
         raise UsageError(f"--runs {runs}: give 1 to 10000 runs")
+    if rounds < 1 or rounds > runs:
+        raise UsageError(f"--rounds {rounds}: give 1 to --runs ({runs}) rounds")
     if warmup < 0 or warmup > 10000:
         raise UsageError(f"--warmup {warmup}: give 0 to 10000 runs")
     if threads < 1:
@@ -188,17 +235,28 @@ def bench(artifact, urls: list[str], runs: int = 50, warmup: int = 5, threads: i
                          f"{manifest['target']}: compare artifacts of one target")
     load = machine_load()
 
+    per_round = -(-runs // rounds)
+
     def one(url):
         with open_device(url, artifact, manifest) as dev:
-            r = bench_device(dev, manifest, runs, warmup)
+            r = bench_device(dev, manifest, per_round, warmup)
         if other:  # the same device, right after: side by side in one run
             with open_device(url, versus, other) as dev:
-                r["versus"] = _versus(bench_device(dev, other, runs, warmup), r, versus, other)
+                r["versus"] = _versus(bench_device(dev, other, per_round, warmup), r, versus,
+                                      other)
         return r
 
-    results = fleet.run_fleet(urls, one)
-    baselines = host_baselines(artifact, manifest, runs, warmup, threads, checkpoint) \
-        if host else {}
+    dev_rounds, host_rounds = [], []
+    for k in range(rounds):  # devices, then this machine's engines, again and again
+        if rounds > 1:
+            log.info(f"bench: round {k + 1} of {rounds}")
+        dev_rounds.append(fleet.run_fleet(urls, one))
+        host_rounds.append(host_baselines(artifact, manifest, per_round, warmup, threads,
+                                          checkpoint) if host else {})
+    if rounds == 1:
+        results, baselines = dev_rounds[0], host_rounds[0]
+    else:
+        results, baselines = _merge_rounds(dev_rounds, host_rounds, manifest)
     counts = instruction_counts(artifact, manifest) if count else {}
     for r in results:
         attach_baselines(r, baselines)
@@ -278,6 +336,12 @@ def summary_text(r: dict, manifest: dict) -> str:
         lines.append(f"  {label:<13} median {h['median_ms']:.3f} ms  (p10 {h['p10_ms']:.3f}, "
                      f"p90 {h['p90_ms']:.3f}) on this machine"
                      + (f"; device / {label} = {ratio:.2f}x" if ratio else ""))
+    if r.get("rounds"):
+        ratios = [x["ratio_to_onnxruntime"] for x in r["rounds"] if x["ratio_to_onnxruntime"]]
+        if ratios:
+            lines.append(f"  rounds        {len(r['rounds'])} (device, then ONNX Runtime and "
+                         "PyTorch, repeated); device / ONNX Runtime per round: "
+                         + ", ".join(f"{x:.2f}" for x in ratios))
     v = r.get("versus")
     if v:
         fig = _fmt(v["device_median_ms"]) if v["device_median_ms"] is not None else \

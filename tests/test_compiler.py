@@ -76,7 +76,9 @@ def test_manifest_and_memory_plan(artifacts, digits_onnx):
     art, result = artifacts["host"]
     m = json.loads((art / "manifest.json").read_text())
     mem = m["memory"]
-    assert mem["arena_bytes"] >= mem["liveness_lower_bound"] > 0
+    # The arena is the liveness optimum, with the host's channels-last input copy too.
+    assert mem["arena_bytes"] == mem["liveness_lower_bound"] > 0
+    assert m["layout"]["activations"] == "NHWC"
     assert mem["arena_bytes"] < mem["sum_of_activations"]  # tensors do share memory
     assert result["arena_bytes"] == mem["arena_bytes"]
     assert m["tvm_version"].startswith("0.27")
@@ -114,7 +116,8 @@ def test_records_for_another_cpu_are_not_applied(digits_onnx, tmp_path):
 
     key = resolve(load_target("host")).cpu_key
     assert key.startswith("host-") and key.split("-")[-1] in ("avx512", "avx2", "sse")
-    committed = REPO / "compile" / "tuning" / "host-znver4-avx512" / "mnv1-a0.25-r64-c10-float32"
+    committed = REPO / "compile" / "tuning" / "host-znver4-avx512" / \
+        "mnv1-a0.25-r64-c10-float32-nhwc"
     root = tmp_path / "tuning"
     shutil.copytree(committed, root / "host-othercpu-sse" / committed.name)
     env = dict(os.environ, EDGE_MNV1_TUNING_ROOT=str(root))
@@ -142,3 +145,26 @@ def test_mobilenet_1_0_224_host_and_rpi4(untrained_onnx_factory, tmp_path):
             got = np.concatenate([dev.client.infer(x[i:i + 1]) for i in range(len(x))])
             assert dev.client.selftest()["passed"]
         assert np.max(np.abs(got - ref)) <= 1e-4, target
+
+
+def test_workspace_bound_adds_a_kernels_parallel_bodies():
+    """The calling thread runs task 0 of a parallel loop while its kernel's own workspace is
+    held: the bound must add the two (a tuned aarch64 kernel once ran out: 921,664 bytes
+    bounded, 936,064 needed). LLVM names parallel bodies after no kernel."""
+    from edge_mnv1.compiler.codegen import _workspace_llvm
+
+    alloc = "  %{v} = tail call ptr %{r}(i32 1, i32 %dev_id, i64 {n}, i32 2, i32 32), !dbg !1"
+    ll = "\n".join([
+        "define dllexport i32 @__tvm_ffi_conv_a(ptr %self) #0 {",
+        "  %0 = call i32 @conv_a_compute_(i32 %dev_id)",
+        "define internal fastcc i32 @conv_a_compute_(i32 %dev_id) {",
+        alloc.format(v="pad_temp", r=2, n=921600),
+        "  %5 = call i32 %4(ptr nonnull @__tvm_parallel_lambda.87, ptr nonnull %c, i32 0)",
+        "define private i32 @__tvm_parallel_lambda.87(i32 %task_id, ptr %0, ptr %1) {",
+        alloc.format(v="acc", r=15, n=14336),
+        "define internal fastcc i32 @conv_b_compute_(i32 %dev_id) {",
+        "  %5 = call i32 %4(ptr nonnull @__tvm_parallel_lambda.88, ptr nonnull %c, i32 0)",
+        "define private i32 @__tvm_parallel_lambda.88(i32 %task_id, ptr %0, ptr %1) {",
+        alloc.format(v="acc", r=15, n=500000),
+    ])
+    assert _workspace_llvm(ll) == 921600 + 64 + 14336 + 64

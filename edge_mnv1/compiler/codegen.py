@@ -14,6 +14,7 @@ from ..errors import UsageError
 _WS_LLVM = re.compile(r"call ptr %\w+\(i32 \d+, i32 %?\w+, i64 (\d+), i32 \d+, i32 \d+\)")
 _WS_C = re.compile(r"TVMBackendAllocWorkspace\(\s*\d+,\s*[\w()]+,\s*\(uint64_t\)\s*(\d+)")
 _DEFINE = re.compile(r"^define .*@(\S+?)\(", re.M)
+_LAMBDA_REF = re.compile(r"@(__tvm_parallel_lambda(?:\.\d+)?)\b")
 _WS_ALIGN = 64
 
 
@@ -53,18 +54,35 @@ def build(kmod: tvm.IRModule, tvm_target, emit: str, out_dir: Path, disable_asse
 
 def _workspace_llvm(ll: str) -> int:
     """Upper bound of workspace one thread may hold at once: the largest sum of the
-    allocations of one kernel and its parallel bodies (which LLVM names <kernel>_compute_)."""
+    allocations of one kernel (<kernel>, <kernel>_compute_) and of the parallel bodies it
+    launches (`__tvm_parallel_lambda.N`, named after no kernel: attributed to the function
+    that refers to them). The calling thread runs task 0 of a parallel loop while the
+    kernel's own allocations are held, so the two add up."""
     per_fn: dict[str, int] = {}
+    refers: dict[str, str] = {}  # lambda -> the function whose body names it
     current = None
     for line in ll.splitlines():
         m = _DEFINE.match(line)
         if m:
             current = m.group(1).strip('"')
             continue
+        if current is None:
+            continue
         m = _WS_LLVM.search(line)
-        if m and current:
+        if m:
             per_fn[current] = per_fn.get(current, 0) + int(m.group(1)) + _WS_ALIGN
-    return _group_max(per_fn)
+        for lam in _LAMBDA_REF.findall(line):
+            if lam != current:
+                refers.setdefault(lam, current)
+
+    def owner(name: str) -> str:
+        seen = set()
+        while name in refers and name not in seen:  # a lambda launched from a lambda
+            seen.add(name)
+            name = refers[name]
+        return name
+
+    return _group_max({f"{owner(n)}#{n}": size for n, size in per_fn.items()})
 
 
 def _workspace_c(src: str) -> int:
@@ -83,6 +101,6 @@ def _workspace_c(src: str) -> int:
 def _group_max(per_fn: dict[str, int]) -> int:
     groups: dict[str, int] = {}
     for name, size in per_fn.items():
-        base = re.sub(r"^__tvm_ffi_", "", name).split("_compute_")[0]
+        base = re.sub(r"^__tvm_ffi_", "", name.split("#")[0]).split("_compute_")[0]
         groups[base] = groups.get(base, 0) + size
     return max(groups.values(), default=0)

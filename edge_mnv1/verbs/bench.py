@@ -11,6 +11,11 @@ def add_arguments(p):
     add_device_arguments(p)
     p.add_argument("--runs", type=int, default=50, metavar="N",
                    help="timed runs (default 50); median, p10 and p90 are reported")
+    p.add_argument("--rounds", type=int, default=1, metavar="K",
+                   help="split the runs into K rounds of (devices, then ONNX Runtime and "
+                        "PyTorch), one after the other: on a shared machine the load drifts, "
+                        "and rounds let both sides see the same drift; each round's ratio is "
+                        "reported (default 1)")
     p.add_argument("--warmup", type=int, default=5, metavar="W",
                    help="untimed runs first (default 5)")
     p.add_argument("--threads", type=int, default=2, metavar="T",
@@ -37,4 +42,5 @@ def run(args) -> dict:
     urls = fleet.device_urls(args.device, args.devices)
     return bench(args.artifact, urls, runs=args.runs, warmup=args.warmup, threads=args.threads,
                  report_dir=args.report, checkpoint=args.checkpoint, host=not args.no_host,
-                 count=not args.no_count, versus=args.versus)
+                 count=not args.no_count, versus=args.versus,
+                 rounds=args.rounds)
