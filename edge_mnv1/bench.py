@@ -260,6 +260,7 @@ def bench(artifact, urls: list[str], runs: int = 50, warmup: int = 5, threads: i
     counts = instruction_counts(artifact, manifest) if count else {}
     for r in results:
         attach_baselines(r, baselines)
+        _ratio_from_rounds(r)
         r.update(counts)
         r["threads"] = threads
         r["machine"] = load
@@ -278,6 +279,16 @@ def bench(artifact, urls: list[str], runs: int = 50, warmup: int = 5, threads: i
     combined["text"] = "\n\n".join(r["text"] for r in results) + "\n\n" + \
         fleet.summary_line(results)
     return combined
+
+
+def _ratio_from_rounds(r: dict) -> None:
+    """With rounds, the ratio is the median of the rounds' own ratios: a round whose load
+    spiked on one side moves it less than it moves the pooled medians."""
+    for key, base in (("ratio_to_onnxruntime", "onnxruntime_ms"), ("ratio_to_torch", "torch_ms")):
+        ratios = [x["device_median_ms"] / x[base] for x in r.get("rounds") or []
+                  if x.get("device_median_ms") and x.get(base)]
+        if ratios:
+            r[key] = statistics.median(ratios)
 
 
 def _versus(o: dict, r: dict, path, other: dict) -> dict:
@@ -341,7 +352,8 @@ def summary_text(r: dict, manifest: dict) -> str:
         if ratios:
             lines.append(f"  rounds        {len(r['rounds'])} (device, then ONNX Runtime and "
                          "PyTorch, repeated); device / ONNX Runtime per round: "
-                         + ", ".join(f"{x:.2f}" for x in ratios))
+                         + ", ".join(f"{x:.2f}" for x in ratios)
+                         + "; the ratios above are the rounds' medians")
     v = r.get("versus")
     if v:
         fig = _fmt(v["device_median_ms"]) if v["device_median_ms"] is not None else \

@@ -219,6 +219,15 @@ def test_tampered_artifact_is_refused(host_artifact, tmp_path):
     assert r.returncode == 2 and "recompile" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_run_refuses_an_input_that_is_not_an_array(host_artifact, tmp_path):
+    for name, data in (("empty.npy", b""), ("text.npy", b"not an array\n")):
+        (tmp_path / name).write_bytes(data)
+        r = cli("run", host_artifact, "--device", "local", "--input", tmp_path / name, "-o",
+                tmp_path / "y.npy", check=False)
+        assert r.returncode == 2 and "not a .npy array" in r.stderr and "numpy.save" in r.stderr
+        assert "Traceback" not in r.stderr and not (tmp_path / "y.npy").exists()
+
+
 # ---- the host decoder alone ------------------------------------------------------------
 
 def test_decoder_round_trip_and_resync():

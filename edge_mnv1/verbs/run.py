@@ -21,8 +21,9 @@ def load_npy(path: str) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
-    except (ValueError, OSError) as e:
-        raise UsageError(f"{path}: not a .npy array ({e}); save it with numpy.save") from None
+    except (ValueError, OSError, EOFError) as e:  # EOFError: an empty file
+        raise UsageError(f"{path}: not a .npy array ({type(e).__name__}: {e}); save it with "
+                         "numpy.save") from None
 
 
 def run(args) -> dict:
