@@ -395,8 +395,33 @@ def write_reports(report_dir, results: list[dict], manifest: dict) -> None:
                  + ("\nemulated: times under an emulator are not the board's" if emu else "")
                  + unit_note)
         plots.append(report.latency_plot(root, bars, title, devices=n_dev))
+    counts = _count_bars(results, manifest["model"]["key"])
+    if counts:
+        plots.append(report.latency_plot(
+            root, counts, f"{manifest['model']['key']}: instructions per inference,\ncounted "
+            "under the target's emulator (a count, not a time)", unit="M", devices=len(counts),
+            what="instructions per inference", name="instructions.png"))
     body = dict(body, plots=[p.name for p in plots])
     report.write(root, body, "\n\n".join(r.get("text", "") for r in results))
+
+
+def _count_bars(results: list[dict], model: str) -> list[tuple]:
+    """(label, millions, p10, p90) for every instruction count in the results: a device whose
+    ticks are instructions (an emulated MCU), the count under qemu-user (aarch64), and the
+    --versus artifact's, so a count gets a chart as a time does."""
+    bars = []
+    for r in results:
+        if r.get("tick_unit") == "instructions" and r.get("device_median_ticks"):
+            bars.append((f"{r['device']}: {model}", r["device_median_ticks"] / 1e6,
+                         r["device_p10_ticks"] / 1e6, r["device_p90_ticks"] / 1e6))
+            v = r.get("versus") or {}
+            if v.get("device_median_ticks"):
+                m = v["device_median_ticks"] / 1e6
+                bars.append((f"{r['device']}: {v['model']}", m, m, m))
+        if r.get("instructions_per_inference"):
+            m = r["instructions_per_inference"] / 1e6
+            bars.append((f"{model} ({r['target']}, qemu-user plugin)", m, m, m))
+    return bars
 
 
 # -- profile -----------------------------------------------------------------------------

@@ -138,7 +138,8 @@ def parity_plots(d, dev, ref, ref_name: str, title: str) -> list[Path]:
 
 
 def latency_plot(d, bars: list[tuple[str, float, float, float]], title: str,
-                 unit: str = "ms", devices: int = 1) -> Path:
+                 unit: str = "ms", devices: int = 1, what: str = "latency per inference",
+                 name: str = "latency.png") -> Path:
     """Bars (label, median, p10, p90) with p10-p90 whiskers; the first `devices` bars are
     devices (orange), the rest host baselines (blue). Log scale when they differ > 20x."""
     plt = _pyplot()
@@ -161,12 +162,12 @@ def latency_plot(d, bars: list[tuple[str, float, float, float]], title: str,
         ax.set_xlim(med.min() / 3, p90.max() * 8)
     else:
         ax.set_xlim(0, float(p90.max()) * 1.3 or 1)
-    ax.set_xlabel(f"latency per inference ({unit}{', log scale' if log_scale else ''}): bar "
+    ax.set_xlabel(f"{what} ({unit}{', log scale' if log_scale else ''}): bar "
                   "median, whiskers p10-p90")
     ax.set_title(title, fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    path = d / "latency.png"
+    path = d / name
     fig.savefig(path)
     plt.close(fig)
     return path
