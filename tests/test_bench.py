@@ -44,6 +44,21 @@ def test_bench_host_beside_onnxruntime_and_torch(arts, capsys, tmp_path):
     assert saved["ratio_to_onnxruntime"] == pytest.approx(r["ratio_to_onnxruntime"])
 
 
+def test_bench_in_rounds_reports_each_rounds_ratio(arts, capsys):
+    """--rounds: device and host engines alternate; the ratio is the median of the rounds'
+    own ratios, each made from numbers of that round."""
+    code, r, _ = run_cli(capsys, "bench", arts["host"], "--runs", 9, "--warmup", 1,
+                         "--rounds", 3)
+    assert code == 0, r
+    assert r["runs"] == 9 and len(r["ticks"]) == 9 and len(r["rounds"]) == 3
+    assert len(r["host"]["onnxruntime"]["times_ms"]) == 9
+    per_round = [x["device_median_ms"] / x["onnxruntime_ms"] for x in r["rounds"]]
+    assert [x["ratio_to_onnxruntime"] for x in r["rounds"]] == pytest.approx(per_round)
+    assert r["ratio_to_onnxruntime"] == pytest.approx(sorted(per_round)[1])
+    code, r, err = run_cli(capsys, "bench", arts["host"], "--runs", 2, "--rounds", 3)
+    assert code == 2 and "--rounds 3" in err
+
+
 @pytest.mark.emulator
 def test_bench_under_qemu_is_flagged_emulated(arts, capsys):
     code = cli.main(["bench", str(arts["rpi4"]), "--runs", "3", "--warmup", "1", "--no-host"])

@@ -55,6 +55,19 @@ def still_serving(dev):
     assert dev.client.hello()["protocol"] == P.VERSION
 
 
+def serve_stream(program, stream: bytes, tmp_path) -> list:
+    """Feeds a whole byte stream to `program --serve`; returns every reply frame, in order."""
+    r = subprocess.run([str(program), "--serve"], input=stream, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    check_no_reports(tmp_path, r.stderr.decode("utf-8", "replace"))
+    d = P.FrameDecoder()
+    d.feed(r.stdout)
+    frames = []
+    while (f := d.next_frame()) is not None:
+        frames.append(f)
+    return frames
+
+
 def test_hello_describes_the_model(device, host_artifact):
     m = load_manifest(host_artifact)
     h = device.hello
@@ -91,13 +104,8 @@ def test_a_frame_hidden_in_a_refused_payload_is_not_answered(host_artifact, tmp_
     huge = struct.pack("<2sBBHHI", P.MAGIC, P.VERSION, P.INFER, 90, 0, 0xFFFFFFFF)
     huge += struct.pack("<I", zlib.crc32(huge))
     stream = huge + b"xxx" + P.encode_frame(P.HELLO, 91)
-    r = subprocess.run([str(host_artifact / "program"), "--serve"], input=stream,
-                       capture_output=True, timeout=60)
-    assert r.returncode == 0, r.stderr[-2000:]
-    check_no_reports(tmp_path, r.stderr.decode("utf-8", "replace"))
-    d = P.FrameDecoder()
-    d.feed(r.stdout)
-    assert d.next_frame() is None  # the stream ended inside the refused payload: no reply
+    # the stream ended inside the refused payload: no reply
+    assert serve_stream(host_artifact / "program", stream, tmp_path) == []
 
 
 def test_protocol_version_mismatch_is_an_error_reply(device):
@@ -133,16 +141,8 @@ def test_unknown_version_with_a_long_payload_is_drained(host_artifact, tmp_path)
     head = struct.pack("<2sBBHHI", P.MAGIC, 9, P.HELLO, 93, 0, len(payload))
     head += struct.pack("<I", zlib.crc32(head))
     stream = head + payload + b"\0\0\0\0" + P.encode_frame(P.HELLO, 94)
-    r = subprocess.run([str(host_artifact / "program"), "--serve"], input=stream,
-                       capture_output=True, timeout=60)
-    assert r.returncode == 0, r.stderr[-2000:]
-    check_no_reports(tmp_path, r.stderr.decode("utf-8", "replace"))
-    d = P.FrameDecoder()
-    d.feed(r.stdout)
-    replies = []
-    while (f := d.next_frame()) is not None:
-        replies.append(f[:2])
-    assert replies == [(P.ERROR, 93), (P.HELLO | 0x80, 94)]
+    replies = serve_stream(host_artifact / "program", stream, tmp_path)
+    assert [f[:2] for f in replies] == [(P.ERROR, 93), (P.HELLO | 0x80, 94)]
 
 
 def test_selftest_fails_on_a_nan_output_whatever_follows(host_artifact, tmp_path):
@@ -162,12 +162,8 @@ def test_selftest_fails_on_a_nan_output_whatever_follows(host_artifact, tmp_path
     r = subprocess.run([str(art / "program"), "--selftest"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 1 and "selftest FAIL" in r.stdout and "nonfinite=1" in r.stdout
-    stream = P.encode_frame(P.SELFTEST, 96)
-    r = subprocess.run([str(art / "program"), "--serve"], input=stream, capture_output=True,
-                       timeout=60)
-    d = P.FrameDecoder()
-    d.feed(r.stdout)
-    mtype, seq, body = d.next_frame()[:3]
+    (mtype, seq, body), = [f[:3] for f in serve_stream(art / "program",
+                                                      P.encode_frame(P.SELFTEST, 96), tmp_path)]
     reply = json.loads(body)
     assert (mtype, seq) == (P.SELFTEST | 0x80, 96)
     assert reply["passed"] is False and reply["nonfinite"] == 1
