@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from .errors import EdgeError
+from edge_mnv1.errors import EdgeError
 
 VERBS = ["info", "train", "export", "quantize", "tune", "compile", "emulate", "deploy", "run",
          "parity", "bench", "profile", "soak", "fuzz", "demo"]

@@ -40,7 +40,7 @@ def untrained_onnx(root: Path) -> Path:
     depend on the input, the case parity must warn about."""
     import torch
 
-    from edge_mnv1.model import MobileNetV1, ModelConfig
+    from edge_mnv1.model.network import MobileNetV1, ModelConfig
 
     path = root / "untrained.onnx"
     if not path.is_file():

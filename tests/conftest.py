@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_mnv1 import checkpoint
+from edge_mnv1.model import checkpoint
 from edge_mnv1.errors import EdgeError
 
 DIGITS_CONFIG = dict(alpha=0.25, resolution=64, classes=10)
@@ -41,8 +41,8 @@ def _cached(path: Path, want: dict) -> bool:
 @pytest.fixture(scope="session")
 def digits_ckpt(cache_dir) -> Path:
     """MobileNetV1 alpha 0.25 at 64x64 trained on digits with the default recipe."""
-    from edge_mnv1.model import ModelConfig
-    from edge_mnv1.train import DEFAULT_EPOCHS, RECIPE, train
+    from edge_mnv1.model.network import ModelConfig
+    from edge_mnv1.model.train import DEFAULT_EPOCHS, RECIPE, train
 
     config = ModelConfig(**DIGITS_CONFIG)
     path = cache_dir / "digits-a0.25-r64.safetensors"
@@ -56,7 +56,7 @@ def digits_ckpt(cache_dir) -> Path:
 @pytest.fixture(scope="session")
 def digits_onnx(digits_ckpt, cache_dir) -> Path:
     """`digits_ckpt` exported (batch 1, opset 17) and checked against PyTorch."""
-    from edge_mnv1.export import export
+    from edge_mnv1.onnxio.export import export
 
     path = cache_dir / "digits-a0.25-r64.onnx"
     export(digits_ckpt, path, batch=1)
@@ -67,8 +67,8 @@ def digits_onnx(digits_ckpt, cache_dir) -> Path:
 def untrained_ckpt_factory(cache_dir):
     """factory(alpha, resolution, classes=1000, data="photos") -> a seeded untrained
     checkpoint whose batch norms are calibrated on real images of that resolution."""
-    from edge_mnv1.model import ModelConfig
-    from edge_mnv1.train import RECIPE, train
+    from edge_mnv1.model.network import ModelConfig
+    from edge_mnv1.model.train import RECIPE, train
 
     made = {}
 

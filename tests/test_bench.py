@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_mnv1 import bench, cli
+from edge_mnv1.evaluation import bench
+from edge_mnv1 import cli
 
 from test_parity import build_artifacts, run_cli
 

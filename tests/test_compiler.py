@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from edge_mnv1 import data
+from edge_mnv1.model import data
 from edge_mnv1.device.connect import open_device
 
 from compiled import CLI, REPO, cli, cli_json, ort_outputs
@@ -16,7 +16,7 @@ from compiled import CLI, REPO, cli, cli_json, ort_outputs
 
 @pytest.fixture(scope="module")
 def untrained_onnx_factory(untrained_ckpt_factory, tmp_path_factory):
-    from edge_mnv1.export import export
+    from edge_mnv1.onnxio.export import export
 
     def make(alpha, resolution, classes=1000):
         path = tmp_path_factory.mktemp("onnx") / f"a{alpha:g}-r{resolution}.onnx"
@@ -90,7 +90,7 @@ def test_manifest_and_memory_plan(artifacts, digits_onnx):
     assert m["memory"]["weight_bytes"] >= 4 * n_params
     # MACs counted from the compiled kernels agree with the cost model
     cfg = m["model"]["config"]
-    from edge_mnv1.model import ModelConfig, cost_summary
+    from edge_mnv1.model.network import ModelConfig, cost_summary
     assert m["total_macs"] == cost_summary(ModelConfig.from_dict(cfg))["macs"]
 
 
@@ -111,8 +111,8 @@ def test_records_for_another_cpu_are_not_applied(digits_onnx, tmp_path):
     import os
     import shutil
 
-    from edge_mnv1.compiler.target import resolve
-    from edge_mnv1.targets import load_target
+    from edge_mnv1.compiler.tvm_target import resolve
+    from edge_mnv1.artifact.target import load_target
 
     key = resolve(load_target("host")).cpu_key
     assert key.startswith("host-") and key.split("-")[-1] in ("avx512", "avx2", "sse")
@@ -139,7 +139,7 @@ def test_mobilenet_1_0_224_host_and_rpi4(untrained_onnx_factory, tmp_path):
     for target in ("host", "rpi4"):
         art = tmp_path / target
         r = cli_json("compile", onnx_path, "--target", target, "-o", art)
-        from edge_mnv1.model import ModelConfig, cost_summary
+        from edge_mnv1.model.network import ModelConfig, cost_summary
         assert r["macs"] == cost_summary(ModelConfig(alpha=1.0, resolution=224, classes=1000))["macs"]
         with open_device("local", art, timeout=900) as dev:
             got = np.concatenate([dev.client.infer(x[i:i + 1]) for i in range(len(x))])

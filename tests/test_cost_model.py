@@ -5,11 +5,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_mnv1.data import Preprocessing
+from edge_mnv1.model.data import Preprocessing
 from edge_mnv1.errors import UsageError
-from edge_mnv1.model import ModelConfig, MobileNetV1, cost_summary
-from edge_mnv1.onnx_cost import graph_costs, load_onnx
-from edge_mnv1.export import to_onnx
+from edge_mnv1.model.network import ModelConfig, MobileNetV1, cost_summary
+from edge_mnv1.onnxio.cost import graph_costs, load_onnx
+from edge_mnv1.onnxio.export import to_onnx
 
 
 @pytest.mark.parametrize("alpha,res,batch", [(0.25, 64, 1), (0.5, 97, "dynamic"),

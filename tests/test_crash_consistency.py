@@ -144,7 +144,7 @@ class ForkServer:
 
 @pytest.mark.timeout(2400)
 def test_tuning_killed_at_random_moments_never_corrupts_the_records(tmp_path, monkeypatch):
-    from edge_mnv1.compiler import records
+    from edge_mnv1.compiler.tuning import records
 
     onnx = one_conv_onnx(tmp_path)
     root = tmp_path / "tuning"
@@ -206,7 +206,7 @@ def test_tuning_killed_at_random_moments_never_corrupts_the_records(tmp_path, mo
                            text=True, timeout=1800)
     assert final.returncode == 0, final.stderr[-2000:]
     r = json.loads(final.stdout)
-    from edge_mnv1.compiler.tune import TRIALS_PER_ITER
+    from edge_mnv1.compiler.tuning.tune import TRIALS_PER_ITER
     assert r["trials_before"] == whole and budget <= r["trials_after"] < budget + TRIALS_PER_ITER
     assert db_lines(rec_file) == (r["trials_after"], False) and not db_lines(wl_file)[1]
     print(f"tune: {kills} kills in {runs} runs (a run takes {run_time:.0f} s), {cut_lines} cut "
@@ -234,7 +234,7 @@ def wait_for_line(proc: subprocess.Popen, log: Path, text: str, timeout: float =
 
 @pytest.mark.ssh
 def test_deploy_killed_at_random_moments_leaves_the_old_or_the_new_program(tmp_path):
-    from edge_mnv1.device.sshd import SshServer
+    from edge_mnv1.emulators.sshd import SshServer
 
     arts = []
     for seed in (1, 2):  # two artifacts whose programs differ (their weights do)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_mnv1 import data
-from edge_mnv1.data import Preprocessing, load_dataset, preprocess
+from edge_mnv1.model import data
+from edge_mnv1.model.data import Preprocessing, load_dataset, preprocess
 from edge_mnv1.errors import UsageError
-from edge_mnv1.model import ModelConfig
+from edge_mnv1.model.network import ModelConfig
 
 
 def test_digits_split_is_fixed_and_real():
@@ -121,5 +121,5 @@ def test_unknown_dataset_lists_valid_ones():
 
 
 def test_data_module_does_not_import_torch():
-    code = "import sys, edge_mnv1.data; assert 'torch' not in sys.modules"
+    code = "import sys, edge_mnv1.model.data; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

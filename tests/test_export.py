@@ -8,13 +8,13 @@ import numpy as np
 import onnx
 import pytest
 
-from edge_mnv1 import checkpoint, cli, data
+from edge_mnv1.model import checkpoint, data
+from edge_mnv1 import cli
 from edge_mnv1.errors import UsageError
-from edge_mnv1.export import (CHECKPOINT_KEY, CONFIG_KEY, PREPROCESSING_KEY, export,
-                              ort_session, read_model_config)
-from edge_mnv1.model import ModelConfig, cost_summary
-from edge_mnv1.onnx_cost import graph_costs
-from edge_mnv1.train import predict
+from edge_mnv1.onnxio.export import CHECKPOINT_KEY, CONFIG_KEY, PREPROCESSING_KEY, export, ort_session, read_model_config
+from edge_mnv1.model.network import ModelConfig, cost_summary
+from edge_mnv1.onnxio.cost import graph_costs
+from edge_mnv1.model.train import predict
 
 
 def test_digits_onnx_is_folded_and_carries_its_config(digits_onnx, digits_ckpt):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_mnv1 import fuzzing
+from edge_mnv1.evaluation import fuzzing
 from edge_mnv1.device import protocol as P
-from edge_mnv1.device.artifact import load_manifest
+from edge_mnv1.artifact.artifact import load_manifest
 
 from compiled import cli_json
 from sanitizers import SANITIZE, check_no_reports, no_sanitizer_reports
@@ -46,8 +46,8 @@ def fuzz_work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def sanitized_program(fuzz_work, tmp_path_factory) -> Path:
     """The Linux program of the fuzz target's model, built with ASan + UBSan."""
-    from edge_mnv1.program import build_program
-    from edge_mnv1.targets import load_target
+    from edge_mnv1.artifact.build import build_program
+    from edge_mnv1.artifact.target import load_target
 
     art = tmp_path_factory.mktemp("fuzz-linux") / "artifact"
     shutil.copytree(fuzz_work / "artifact", art)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_mnv1 import bench
-from edge_mnv1.emulation import count_program, icount
-from edge_mnv1.targets import load_target
+from edge_mnv1.evaluation import bench
+from edge_mnv1.emulators import count_program, icount
+from edge_mnv1.artifact.target import load_target
 
 from test_parity import build_artifacts, run_cli
 
@@ -122,8 +122,8 @@ def _kernel_objects() -> dict:
     from tvm import te
     import tvm.s_tir as s_tir
 
-    from edge_mnv1.compiler.icount_runner import export_object
-    from edge_mnv1.compiler.target import resolve
+    from edge_mnv1.compiler.tuning.icount_runner import export_object
+    from edge_mnv1.compiler.tvm_target import resolve
 
     a = te.placeholder((64, 256), "float32", name="A")
     b = te.placeholder((64, 256), "float32", name="B")
@@ -146,7 +146,7 @@ def test_icount_runner_ranks_schedules_with_repeatable_costs():
     from tvm.s_tir.meta_schedule.arg_info import TensorInfo
     from tvm.s_tir.meta_schedule.runner import RunnerInput
 
-    from edge_mnv1.compiler.icount_runner import NOMINAL_HZ, IcountRunner
+    from edge_mnv1.compiler.tuning.icount_runner import NOMINAL_HZ, IcountRunner
 
     objects = _kernel_objects()
     args = [TensorInfo("float32", [64, 256])] * 3

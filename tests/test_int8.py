@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edge_mnv1 import quantize as Q
+from edge_mnv1.quant import quantize as Q
 
 from compiled import cli, cli_json
 
@@ -57,7 +57,7 @@ def test_integer_reference_layers_match_an_independent_float_computation(int8_mo
     import torch
     import torch.nn.functional as F
 
-    from edge_mnv1 import data
+    from edge_mnv1.model import data
     import types
 
     model = Q.from_onnx(onnx.load(str(int8_model[0])))
@@ -117,7 +117,7 @@ def test_integer_reference_agrees_with_onnxruntime_qdq(int8_model):
     reference stays within one output step of it and agrees on top-1."""
     import onnxruntime as ort
 
-    from edge_mnv1 import data
+    from edge_mnv1.model import data
     import types
 
     path = int8_model[0]

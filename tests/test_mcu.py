@@ -19,12 +19,13 @@ import types
 import numpy as np
 import pytest
 
-from edge_mnv1 import data, linker, mcu_budget
+from edge_mnv1.model import data
+from edge_mnv1.artifact import firmware as linker, mcu_budget
 from edge_mnv1.device import protocol as P
 from edge_mnv1.device.connect import open_device
 from edge_mnv1.device.protocol import Client, FrameDecoder
 from edge_mnv1.errors import DeviceError
-from edge_mnv1.targets import load_target
+from edge_mnv1.artifact.target import load_target
 
 from compiled import CLI, REPO, cli, cli_json, ort_outputs
 
@@ -96,7 +97,7 @@ def test_over_budget_model_is_refused_at_compile_time(tmp_path):
     (Random weights: only the sizes matter, and the plain exporter takes seconds.)"""
     import torch
 
-    from edge_mnv1.model import MobileNetV1, ModelConfig
+    from edge_mnv1.model.network import MobileNetV1, ModelConfig
 
     onnx = tmp_path / "m-1.0-224.onnx"
     torch.manual_seed(0)

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from edge_mnv1.errors import UsageError
-from edge_mnv1.model import (ModelConfig, MobileNetV1, channels, cost_summary, layer_costs,
-                             param_count)
+from edge_mnv1.model.network import ModelConfig, MobileNetV1, channels, cost_summary, layer_costs, param_count
 
 # Exact integers of the cost model (conv + FC MACs; trainable params incl. BN gamma/beta),
 # and the paper's printed figures (Tables 4, 6, 7).

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_mnv1 import cli, parity
+from edge_mnv1 import cli
+from edge_mnv1.evaluation import parity
 from edge_mnv1.errors import DeviceError
 
 from compiled import cli_json
@@ -238,7 +239,7 @@ def test_checkpoint_named_in_the_model_is_found_and_verified(parity_artifacts, t
 
     import onnx
 
-    from edge_mnv1 import reference
+    from edge_mnv1.evaluation import reference
 
     ck = parity_artifacts["ckpt"]
     model = onnx.load(str(parity_artifacts["onnx"]))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edge_mnv1.device import protocol as P
-from edge_mnv1.device.artifact import load_manifest
+from edge_mnv1.artifact.artifact import load_manifest
 from edge_mnv1.device.connect import open_device
 from edge_mnv1.errors import UsageError
 
@@ -156,8 +156,8 @@ def test_selftest_fails_on_a_nan_output_whatever_follows(host_artifact, tmp_path
     first_out = len(golden) - cases * out_bytes
     golden[first_out:first_out + 4] = struct.pack("<f", float("nan"))  # first output: NaN
     (art / "golden.bin").write_bytes(bytes(golden))
-    from edge_mnv1.program import build_program
-    from edge_mnv1.targets import load_target
+    from edge_mnv1.artifact.build import build_program
+    from edge_mnv1.artifact.target import load_target
     build_program(load_target("host"), art)
     r = subprocess.run([str(art / "program"), "--selftest"], capture_output=True, text=True,
                        timeout=60)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_mnv1 import soak as S
+from edge_mnv1.evaluation import soak as S
 from edge_mnv1.device import protocol as P
 from edge_mnv1.device.connect import open_device
 from edge_mnv1.device.faults import FaultSpec, FaultyTransport, split_url
 from edge_mnv1.device.transport import Transport
 from edge_mnv1.errors import UsageError
-from edge_mnv1.export import export_random
+from edge_mnv1.onnxio.export import export_random
 
 from compiled import cli, cli_json
 
@@ -198,7 +198,7 @@ class TamperingLink(FaultyTransport):
 
 
 def test_the_soak_catches_a_wrong_output_that_passes_the_crcs(host_small):
-    from edge_mnv1.device.artifact import load_manifest
+    from edge_mnv1.artifact.artifact import load_manifest
 
     manifest = load_manifest(host_small)
     xs = S.make_inputs(manifest, 2, seed=0)

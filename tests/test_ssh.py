@@ -24,7 +24,7 @@ import pytest
 
 from edge_mnv1.device import ssh
 from edge_mnv1.device.connect import open_device
-from edge_mnv1.device.sshd import SshServer
+from edge_mnv1.emulators.sshd import SshServer
 from edge_mnv1.errors import DeviceError, UsageError
 
 from compiled import CLI, REPO, cli, cli_json

@@ -3,7 +3,7 @@
 import pytest
 
 from edge_mnv1.errors import UsageError
-from edge_mnv1.targets import available, load_target, load_target_file
+from edge_mnv1.artifact.target import available, load_target, load_target_file
 
 
 def test_every_target_file_loads():

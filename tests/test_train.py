@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from edge_mnv1 import checkpoint, data
+from edge_mnv1.model import checkpoint, data
 from edge_mnv1.errors import UsageError
-from edge_mnv1.model import ModelConfig, MobileNetV1
-from edge_mnv1.train import predict, train
+from edge_mnv1.model.network import ModelConfig, MobileNetV1
+from edge_mnv1.model.train import predict, train
 
 
 @pytest.mark.slow

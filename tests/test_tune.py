@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tiny_onnx(untrained_ckpt_factory, tmp_path_factory):
     """The smallest network worth tuning: alpha 0.25 at 32x32, 10 classes."""
-    from edge_mnv1.export import export
+    from edge_mnv1.onnxio.export import export
 
     path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
     export(untrained_ckpt_factory(0.25, 32, 10), path, batch=1)
@@ -62,7 +62,7 @@ def test_sigkill_then_resume_loses_no_trial(tiny_onnx, tuning_root):
     r = json.loads(rerun.stdout)
     assert r["trials_before"] >= before - 1  # at most the line being written is lost
     # the budget is met; MetaSchedule may finish its last batch beyond it
-    from edge_mnv1.compiler.tune import TRIALS_PER_ITER
+    from edge_mnv1.compiler.tuning.tune import TRIALS_PER_ITER
     assert 48 <= r["trials_after"] < 48 + TRIALS_PER_ITER
     # every line of the database is whole JSON after the kill
     for line in records_file(tuning_root).read_text().splitlines():

@@ -9,7 +9,7 @@ from pathlib import Path
 import tvm
 from tvm import tirx
 
-from ..errors import UsageError
+from edge_mnv1.errors import UsageError
 
 _WS_LLVM = re.compile(r"call ptr %\w+\(i32 \d+, i32 %?\w+, i64 (\d+), i32 \d+, i32 \d+\)")
 _WS_C = re.compile(r"TVMBackendAllocWorkspace\(\s*\d+,\s*[\w()]+,\s*\(uint64_t\)\s*(\d+)")

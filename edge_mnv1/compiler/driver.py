@@ -15,20 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import log
-from ..errors import UsageError
-from ..hashing import sha256_file
-from ..versions import ARTIFACT_FORMAT_VERSION, PROTOCOL_VERSION
-from ..targets import Target
-from . import codegen, emit, frontend, graph, lowering, memory, records
-from .target import resolve
+from edge_mnv1 import log
+from edge_mnv1.errors import UsageError
+from edge_mnv1.hashing import sha256_file
+from edge_mnv1.versions import ARTIFACT_FORMAT_VERSION, PROTOCOL_VERSION
+from edge_mnv1.artifact.target import Target
+from edge_mnv1.compiler import codegen, emit, frontend, graph, lowering, memory
+from edge_mnv1.compiler.tuning import records
+from edge_mnv1.compiler.tvm_target import resolve
 
 
 
 def _golden(model_path: Path, meta: dict, shape: list[int], cases: int, int_model=None):
     """Real digits for the self-test, through the independent reference: ONNX Runtime for a
     float model, the integer reference (exact, uint8 in and out) for a quantized one."""
-    from .. import data
+    from edge_mnv1.model import data
 
     pp = data.Preprocessing.from_dict(meta["preprocessing"]) if "preprocessing" in meta \
         else data.default_preprocessing("digits", shape[-1])
@@ -36,7 +37,7 @@ def _golden(model_path: Path, meta: dict, shape: list[int], cases: int, int_mode
     x, _, _ = data.load_dataset("digits", cfg, pp, split="test", limit=cases)
     x = x.reshape([cases] + shape[1:]).astype(np.float32)
     if int_model is not None:
-        from ..quantize import quantize_input
+        from edge_mnv1.quant.quantize import quantize_input
 
         q = quantize_input(x, int_model.input_q.scale, int_model.input_q.zero_point)
         return q, np.concatenate([int_model.run(q[i:i + 1]) for i in range(cases)])
@@ -130,7 +131,7 @@ def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path
                        arena_section=".bss.em_arena" if target.is_mcu else None,
                        weights_section=weights_section)
     if target.is_mcu:  # linker script from the target's memory regions, board config header
-        from ..linker import write_firmware_files
+        from edge_mnv1.artifact.firmware import write_firmware_files
         write_firmware_files(target, out_dir)
 
     manifest = {

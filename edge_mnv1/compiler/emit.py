@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import tvm_ffi
 
-from .graph import Program
+from edge_mnv1.compiler.graph import Program
 
 _DL_CODES = {"float": 2, "int": 0, "uint": 1}
 

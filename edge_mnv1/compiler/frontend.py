@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from ..errors import UsageError
+from edge_mnv1.errors import UsageError
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
@@ -68,10 +68,10 @@ def to_relax(model: onnx.ModelProto, batch: int = 1):
 def import_model(model: onnx.ModelProto):
     """(Relax module, element type, integer model or None). A QDQ model becomes integer
     Relax (compiler/integer.py); anything else goes through TVM's ONNX importer."""
-    from .. import quantize
+    from edge_mnv1.quant import quantize
 
     if quantize.is_quantized(model):
-        from . import integer
+        from edge_mnv1.compiler import integer
 
         int_model = quantize.from_onnx(model)
         return integer.to_relax(int_model), "int8", int_model

@@ -10,7 +10,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
-from ..errors import UsageError
+from edge_mnv1.errors import UsageError
 
 
 @dataclass

@@ -8,7 +8,7 @@ alive at any one call) is reported beside it: no plan can use less.
 
 from __future__ import annotations
 
-from .graph import Program, TensorInfo
+from edge_mnv1.compiler.graph import Program, TensorInfo
 
 ALIGN = 64
 

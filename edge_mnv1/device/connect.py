@@ -16,11 +16,11 @@ import importlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..errors import DeviceError, UsageError
-from ..targets import load_target
-from .artifact import load_manifest
-from .faults import FaultSpec, FaultyTransport, split_url
-from .protocol import Client
+from edge_mnv1.errors import DeviceError, UsageError
+from edge_mnv1.artifact.target import load_target
+from edge_mnv1.artifact.artifact import load_manifest
+from edge_mnv1.device.faults import FaultSpec, FaultyTransport, split_url
+from edge_mnv1.device.protocol import Client
 
 SCHEMES = {"local": "local", "ssh": "ssh", "serial": "serial_link", "socket": "serial_link",
            "rfc2217": "serial_link", "emulated": "emulated"}
@@ -89,7 +89,7 @@ def open_device(url: str, artifact: str | Path, manifest: dict | None = None,
     stack = contextlib.ExitStack()
     try:
         if scheme == "local":
-            from .local import open_local
+            from edge_mnv1.device.local import open_local
             transport = open_local(artifact, manifest,
                                    (target.emulator or {}).get("command"),
                                    (target.emulator or {}).get("env"))

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextlib
 
-from ..errors import UsageError
+from edge_mnv1.errors import UsageError
 
 
 def _server(target, stack):
-    from .sshd import start_emulated
+    from edge_mnv1.emulators.sshd import start_emulated
 
     server = start_emulated(target)
     stack.callback(server.stop)
@@ -22,11 +22,11 @@ def _server(target, stack):
 
 def open(url, artifact, manifest, target, stack):
     if target.is_mcu:
-        from .qemu_mcu import open as open_mcu
+        from edge_mnv1.emulators.qemu_mcu import open as open_mcu
         return open_mcu(url, artifact, manifest, target, stack)
     if url not in ("emulated", "emulated://"):
         raise UsageError(f"device {url!r}: write just `emulated`")
-    from . import ssh
+    from edge_mnv1.device import ssh
 
     server = _server(target, stack)
     return ssh.open(server.url(), artifact, manifest, target, stack)
@@ -36,12 +36,12 @@ def deploy(url, artifact, manifest, target) -> dict:
     """Deploying to a device that lives for one command only checks that the full path works
     (start, upload, hello); it is there so that a fleet may mix emulated and real devices."""
     if target.is_mcu:
-        from . import qemu_mcu
+        from edge_mnv1.emulators import qemu_mcu
         if not hasattr(qemu_mcu, "deploy"):
             raise UsageError(f"{target.name}: the emulated MCU board loads the firmware when it "
                              "starts; there is nothing to deploy (use run/parity --device emulated)")
         return qemu_mcu.deploy(url, artifact, manifest, target)
-    from . import ssh
+    from edge_mnv1.device import ssh
 
     with contextlib.ExitStack() as stack:
         server = _server(target, stack)

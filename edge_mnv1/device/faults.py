@@ -27,8 +27,8 @@ import time
 
 import numpy as np
 
-from ..errors import UsageError
-from .transport import Transport
+from edge_mnv1.errors import UsageError
+from edge_mnv1.device.transport import Transport
 
 KINDS = ("ber", "drop", "dup", "trunc", "delay")
 DIRECTIONS = ("to_device", "from_device")

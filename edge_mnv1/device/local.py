@@ -7,8 +7,8 @@ import os
 import platform
 from pathlib import Path
 
-from ..errors import UsageError
-from .transport import ProcessTransport
+from edge_mnv1.errors import UsageError
+from edge_mnv1.device.transport import ProcessTransport
 
 
 def program_argv(artifact: Path, manifest: dict, emulator: list[str] | None) -> list[str]:

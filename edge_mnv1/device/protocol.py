@@ -14,9 +14,9 @@ import zlib
 
 import numpy as np
 
-from .. import log
-from ..errors import DeviceError, UsageError
-from ..versions import PROTOCOL_VERSION
+from edge_mnv1 import log
+from edge_mnv1.errors import DeviceError, UsageError
+from edge_mnv1.versions import PROTOCOL_VERSION
 
 VERSION = PROTOCOL_VERSION
 MAGIC = b"\xedN"

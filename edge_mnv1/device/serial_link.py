@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from ..errors import DeviceError, UsageError
-from .transport import Transport
+from edge_mnv1.errors import DeviceError, UsageError
+from edge_mnv1.device.transport import Transport
 
 DEFAULT_BAUD = 115200
 _OPTIONS = {"baud", "rtscts", "xonxoff"}
@@ -138,7 +138,7 @@ def deploy(url: str, artifact, manifest: dict, target, flash: bool = False,
     A board started by `edge-mnv1 emulate` on this machine is restarted with the new image.
     A real board is flashed with the target's board.flash_command (printed; run with
     flash=True), then its hello is checked against the artifact."""
-    from . import qemu_mcu
+    from edge_mnv1.emulators import qemu_mcu
 
     artifact = Path(artifact)
     if manifest.get("target_kind") != "mcu":
@@ -173,7 +173,7 @@ def deploy(url: str, artifact, manifest: dict, target, flash: bool = False,
     result["flashed"] = True
     text = f"flashed {elf} with: {shown}"
     if verify:
-        from .connect import open_device
+        from edge_mnv1.device.connect import open_device
 
         time.sleep(1.0)  # the board resets and runs its self-test
         with open_device(url, artifact, manifest, timeout=60.0) as dev:

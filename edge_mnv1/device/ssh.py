@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote
 
-from .. import log
-from ..errors import DeviceError, UsageError
-from .transport import ProcessTransport
+from edge_mnv1 import log
+from edge_mnv1.errors import DeviceError, UsageError
+from edge_mnv1.device.transport import ProcessTransport
 
 ACCEPT_NEW_ENV = "EDGE_MNV1_SSH_ACCEPT_NEW"
 DEPLOY_FILES = ("program", "manifest.json")  # what the device needs; build/ and sources stay
@@ -521,8 +521,8 @@ def deploy(url, artifact, manifest, target) -> dict:
     its hello against the manifest (model, target, shapes, protocol version)."""
     import contextlib
 
-    from .connect import check_hello
-    from .protocol import Client
+    from edge_mnv1.device.connect import check_hello
+    from edge_mnv1.device.protocol import Client
 
     t0 = time.monotonic()
     u = parse_url(url)

@@ -6,7 +6,7 @@ import os
 import select
 import subprocess
 
-from ..errors import DeviceError
+from edge_mnv1.errors import DeviceError
 
 
 class Transport:

@@ -1,6 +1,6 @@
 """edge-mnv1 bench ARTIFACT_DIR --device URL... [--runs N] [--warmup W] [--report DIR]"""
 
-from .parity import add_device_arguments
+from edge_mnv1.verbs.parity import add_device_arguments
 
 HELP = ("time the model on one or more devices (the device's own clock or counter) beside "
         "ONNX Runtime and PyTorch eager on this machine, measured in the same run")
@@ -36,8 +36,8 @@ def add_arguments(p):
 
 
 def run(args) -> dict:
-    from .. import fleet
-    from ..bench import bench
+    from edge_mnv1.evaluation import fleet
+    from edge_mnv1.evaluation.bench import bench
 
     urls = fleet.device_urls(args.device, args.devices)
     return bench(args.artifact, urls, runs=args.runs, warmup=args.warmup, threads=args.threads,

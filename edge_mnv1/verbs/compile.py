@@ -3,7 +3,7 @@
 import time
 from pathlib import Path
 
-from .. import log
+from edge_mnv1 import log
 
 HELP = ("compile an ONNX model for a target into an artifact (kernels, static memory plan, "
         "weights, manifest) and build its device program")
@@ -26,11 +26,11 @@ def add_arguments(p):
 
 
 def run(args) -> dict:
-    from ..compiler.driver import compile_artifact, finish_manifest
-    from ..errors import UsageError
-    from ..program import build_program, check_sanitize
-    from ..targets import load_target
-    from .. import budget
+    from edge_mnv1.compiler.driver import compile_artifact, finish_manifest
+    from edge_mnv1.errors import UsageError
+    from edge_mnv1.artifact.build import build_program, check_sanitize
+    from edge_mnv1.artifact.target import load_target
+    from edge_mnv1.artifact import budget
 
     t0 = time.time()
     target = load_target(args.target)

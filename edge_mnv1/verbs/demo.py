@@ -8,13 +8,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import checkpoint, data
-from ..errors import EdgeError
-from ..export import export, ort_session
-from ..log import info
-from ..model import ModelConfig, cost_summary
-from ..onnx_cost import graph_costs
-from ..train import DEFAULT_EPOCHS, accuracy, train
+from edge_mnv1.model import checkpoint, data
+from edge_mnv1.errors import EdgeError
+from edge_mnv1.onnxio.export import export, ort_session
+from edge_mnv1.log import info
+from edge_mnv1.model.network import ModelConfig, cost_summary
+from edge_mnv1.onnxio.cost import graph_costs
+from edge_mnv1.model.train import DEFAULT_EPOCHS, accuracy, train
 
 HELP = ("the whole chain on emulated devices: train MobileNetV1 (alpha 0.25, 64x64) on digits, "
         "export, compile for rpi4, deploy over ssh to an emulated Pi, parity and bench, then "

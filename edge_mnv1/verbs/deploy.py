@@ -13,7 +13,7 @@ import inspect
 import time
 from pathlib import Path
 
-from ..errors import UsageError
+from edge_mnv1.errors import UsageError
 
 HELP = ("upload the artifact's device program to one or more devices (only what changed, "
         "atomically) and check that each runs this model")
@@ -33,7 +33,7 @@ def add_arguments(p):
 
 def deploy_local(url, artifact, manifest, target) -> dict:
     """Nothing to upload: `local` runs the program in the artifact directory."""
-    from ..device.connect import open_device
+    from edge_mnv1.device.connect import open_device
 
     t0 = time.monotonic()
     with open_device("local", artifact, manifest, timeout=60, retries=1) as dev:
@@ -45,7 +45,7 @@ def deploy_local(url, artifact, manifest, target) -> dict:
 
 def deploy_function(url: str):
     """The `deploy` of the URL's device module, or a UsageError saying there is none."""
-    from ..device.connect import SCHEMES, scheme_of
+    from edge_mnv1.device.connect import SCHEMES, scheme_of
 
     scheme = scheme_of(url)
     if scheme == "local":
@@ -88,9 +88,9 @@ def _line(r: dict) -> str:
 
 
 def run(args) -> dict:
-    from .. import fleet
-    from ..device.artifact import load_manifest
-    from ..targets import load_target
+    from edge_mnv1.evaluation import fleet
+    from edge_mnv1.artifact.artifact import load_manifest
+    from edge_mnv1.artifact.target import load_target
 
     urls = fleet.device_urls(args.device, args.devices, default=None)
     artifact = Path(args.artifact)

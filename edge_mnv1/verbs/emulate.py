@@ -3,7 +3,7 @@
 Starts the target's emulated device and serves until interrupted (Ctrl-C, SIGTERM):
 - a Linux board (rpi4): a real OpenSSH sshd on 127.0.0.1 with its own host key and user key;
   prints its ssh:// URL, the known_hosts line, the identity file and an ssh_config snippet.
-- an MCU board: QEMU (edge_mnv1.device.qemu_mcu.emulate); it needs --artifact DIR, the
+- an MCU board: QEMU (edge_mnv1.emulators.qemu_mcu.emulate); it needs --artifact DIR, the
   firmware to boot.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import signal
 import time
 
-from .. import log
-from ..errors import UsageError
+from edge_mnv1 import log
+from edge_mnv1.errors import UsageError
 
 HELP = ("start an emulated device of a target (rpi4: a real sshd on 127.0.0.1; MCU boards: "
         "QEMU) and print how to reach it; runs until Ctrl-C")
@@ -46,18 +46,18 @@ def _serve_until_interrupted(server) -> None:
 
 
 def run(args) -> dict:
-    from ..targets import load_target
+    from edge_mnv1.artifact.target import load_target
 
     target = load_target(args.target)
     if not 0 <= args.port < 65536:
         raise UsageError(f"--port {args.port}: give a TCP port from 1 to 65535 (or 0 for any)")
     if target.is_mcu:
-        from ..device import qemu_mcu
+        from edge_mnv1.emulators import qemu_mcu
         return qemu_mcu.emulate(target, args.port or None, args.artifact)
     if args.artifact:
         log.info("emulate: --artifact is for MCU boards; deploy to this one with "
                  "`edge-mnv1 deploy DIR --device URL`")
-    from ..device.sshd import start_emulated
+    from edge_mnv1.emulators.sshd import start_emulated
 
     server = start_emulated(target, port=args.port)
     url = server.url()

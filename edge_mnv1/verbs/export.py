@@ -1,6 +1,6 @@
 """`edge-mnv1 export`: checkpoint -> ONNX, checked against PyTorch with ONNX Runtime."""
 
-from ..export import DEFAULT_OPSET, export
+from edge_mnv1.onnxio.export import DEFAULT_OPSET, export
 
 HELP = "export a checkpoint to ONNX (BN folded) and check it against PyTorch"
 

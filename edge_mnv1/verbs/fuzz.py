@@ -23,8 +23,8 @@ def add_arguments(p):
 def run(args) -> dict:
     from pathlib import Path
 
-    from .. import fuzzing
-    from ..errors import UsageError
+    from edge_mnv1.evaluation import fuzzing
+    from edge_mnv1.errors import UsageError
 
     if args.seconds is not None and args.seconds <= 0:
         raise UsageError(f"--seconds {args.seconds}: give a positive number of seconds")

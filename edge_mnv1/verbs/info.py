@@ -3,10 +3,10 @@ checked against the cost model for the config in its metadata."""
 
 from pathlib import Path
 
-from ..errors import UsageError
-from ..export import read_model_config
-from ..model import ModelConfig, cost_summary
-from ..onnx_cost import graph_costs, load_onnx
+from edge_mnv1.errors import UsageError
+from edge_mnv1.onnxio.export import read_model_config
+from edge_mnv1.model.network import ModelConfig, cost_summary
+from edge_mnv1.onnxio.cost import graph_costs, load_onnx
 
 HELP = "MACs and parameters per layer, from the configuration or from an exported ONNX model"
 DEFAULTS = dict(alpha=1.0, resolution=224, classes=1000)  # the paper's baseline network
@@ -24,7 +24,7 @@ def add_arguments(p):
 
 def run(args) -> dict:
     if args.model is not None and Path(args.model).is_dir():  # an artifact: its memory budget
-        from ..mcu_budget import artifact_budget
+        from edge_mnv1.artifact.mcu_budget import artifact_budget
         return artifact_budget(args.model)
     if args.model is not None:
         given = [f"--{k.replace('_', '-')}" for k in ("alpha", "resolution", "classes",

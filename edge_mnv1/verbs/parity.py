@@ -45,8 +45,8 @@ def add_arguments(p):
 
 
 def run(args) -> dict:
-    from .. import fleet
-    from ..parity import parity
+    from edge_mnv1.evaluation import fleet
+    from edge_mnv1.evaluation.parity import parity
 
     urls = fleet.device_urls(args.device, args.devices)
     return parity(args.artifact, urls, args.data, limit=args.limit, report_dir=args.report,

@@ -19,12 +19,12 @@ def add_arguments(p):
 def run(args) -> dict:
     from pathlib import Path
 
-    from .. import quantize
-    from ..compiler.frontend import load_onnx, model_metadata
+    from edge_mnv1.quant import quantize
+    from edge_mnv1.compiler.frontend import load_onnx, model_metadata
 
     model = load_onnx(args.model)
     if quantize.is_quantized(model):
-        from ..errors import UsageError
+        from edge_mnv1.errors import UsageError
         raise UsageError(f"{args.model} is already quantized; quantize the float model")
     meta = model_metadata(model)
     calib = quantize.calibration_inputs(args.calib, model, meta, args.calib_limit)

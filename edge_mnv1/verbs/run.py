@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
+from edge_mnv1.errors import UsageError
 
 HELP = "run one input (a .npy file) through the model on a device and save the output"
 
@@ -27,7 +27,7 @@ def load_npy(path: str) -> np.ndarray:
 
 
 def run(args) -> dict:
-    from ..device.connect import open_device
+    from edge_mnv1.device.connect import open_device
 
     x = load_npy(args.input)
     with open_device(args.device, args.artifact) as dev:

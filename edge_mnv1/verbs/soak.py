@@ -24,8 +24,8 @@ def add_arguments(p):
 
 
 def run(args) -> dict:
-    from ..device.faults import FaultSpec
-    from ..soak import soak
+    from edge_mnv1.device.faults import FaultSpec
+    from edge_mnv1.evaluation.soak import soak
 
     return soak(args.artifact, args.device, args.requests, FaultSpec.parse(args.faults),
                 inputs=args.inputs, timeout=args.timeout, retries=args.retries, seed=args.seed)

@@ -1,9 +1,9 @@
 """`edge-mnv1 train`: train the reference model (or, with --epochs 0, write a seeded untrained
 one whose batch norms are calibrated on real images) into a checkpoint."""
 
-from .. import data
-from ..model import ModelConfig
-from ..train import DEFAULT_EPOCHS, train
+from edge_mnv1.model import data
+from edge_mnv1.model.network import ModelConfig
+from edge_mnv1.model.train import DEFAULT_EPOCHS, train
 
 HELP = "train MobileNetV1 on digits or an image folder into a safetensors checkpoint"
 

@@ -22,15 +22,15 @@ def add_arguments(p):
 
 
 def run(args) -> dict:
-    from ..errors import UsageError
-    from ..targets import load_target
+    from edge_mnv1.errors import UsageError
+    from edge_mnv1.artifact.target import load_target
 
     if args.trials < 1 or args.minutes <= 0:
         raise UsageError("--trials must be >= 1 and --minutes > 0")
     if args.rpc and args.tracker:
         raise UsageError("give either --rpc or --tracker, not both")
-    from ..compiler.icount_runner import NOMINAL_HZ
-    from ..compiler.tune import tune
+    from edge_mnv1.compiler.tuning.icount_runner import NOMINAL_HZ
+    from edge_mnv1.compiler.tuning.tune import tune
 
     r = tune(args.model, load_target(args.target), trials=args.trials, minutes=args.minutes,
              rpc=args.rpc, tracker=args.tracker, key=args.key, seed=args.seed,

@@ -1,1 +1,0 @@
-"""Measuring programs under emulators (instruction counts); no TVM, no torch."""
