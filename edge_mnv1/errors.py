@@ -1,4 +1,7 @@
-"""The three ways a command fails, each with its exit code (see DESIGN.md)."""
+"""The ways a command fails, each with its exit code (README: "Exit codes").
+
+0 success; 1 a check or a device failed; 2 bad usage or bad input; 3 this machine lacks a tool
+or a build failed (the environment, not the input: install the tool or read the build log)."""
 
 
 class EdgeError(Exception):
@@ -23,3 +26,10 @@ class DeviceError(EdgeError):
     """The device or the link to it failed (refused, dropped, crashed): exit code 1."""
 
     exit_code = 1
+
+
+class ToolError(EdgeError):
+    """A tool this machine needs is missing or failed (a compiler, CMake, QEMU, ONNX Runtime
+    timing the reference): exit code 3."""
+
+    exit_code = 3
