@@ -33,6 +33,11 @@ want="$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing Python packages (pinned in requirements.lock)" >&2
   .venv/bin/python -m pip install -q --upgrade pip >&2
+  # xgboost-cpu replaced xgboost, whose nvidia-nccl-cu12 is 469 MB of GPU libraries; both
+  # install the same `xgboost` module, so a venv made before drops the old one first.
+  if .venv/bin/python -m pip show -q xgboost >/dev/null 2>&1; then
+    .venv/bin/python -m pip uninstall -y -q xgboost nvidia-nccl-cu12 >&2
+  fi
   # torch==2.13.0 exactly: the CPU build lies on this machine's disk.
   .venv/bin/python -m pip install -q -r requirements.lock >&2
   .venv/bin/python -m pip install -q --no-deps -e . >&2
