@@ -43,4 +43,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-deps -e . >&2
   echo "$want" > "$stamp"
 fi
+# ONNX Runtime's own aarch64 build under qemu-aarch64: what `bench` compares Pi programs with.
+./scripts/setup_ort_aarch64.sh
 echo "setup: ready" >&2
