@@ -3,11 +3,15 @@
 Models are built in a fresh temporary directory, or, when EDGE_MNV1_TEST_CACHE names a
 directory, kept there between runs and reused only when their metadata matches what the
 fixture would build (so a stale or foreign file is rebuilt, never trusted).
+
+Processes the tests leave behind are ended when the session ends (see the hooks below).
 """
 
+import ctypes
 import os
 from pathlib import Path
 
+import psutil
 import pytest
 
 from edge_mnv1.model import checkpoint
@@ -84,3 +88,46 @@ def untrained_ckpt_factory(cache_dir):
         return made[key]
 
     return make
+
+
+# ---- leftover processes ----------------------------------------------------------------------
+# Tests SIGKILL commands on purpose (tune, deploy, parity); what those commands had started
+# outlives them. TVM's popen workers (~0.5 GB each) under a killed `tune` were found running
+# after a whole suite. As a child subreaper this process adopts such orphans instead of init,
+# so the session's end finds them among its descendants and ends them.
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def pytest_sessionstart(session):
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: orphans go to init as before
+        pass
+
+
+def pytest_sessionfinish(session, exitstatus):
+    left = psutil.Process().children(recursive=True)
+    if not left:
+        return
+    names = []
+    for p in left:
+        try:
+            names.append(f"{p.pid} {' '.join(p.cmdline())[:100] or p.name()}")
+            p.kill()
+        except psutil.Error:  # ended meanwhile
+            pass
+    psutil.wait_procs(left, timeout=10)
+    # Adopted orphans that had already exited are zombies of this process: reap them.
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                break
+        except ChildProcessError:
+            break
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter and names:
+        reporter.write_line("")
+        reporter.write_sep("-", f"ended {len(names)} processes the tests left behind")
+        for n in names:
+            reporter.write_line(f"  {n}")

@@ -14,6 +14,7 @@ import pytest
 
 from edge_mnv1.evaluation import bench
 from edge_mnv1.emulators import count_program, icount
+from edge_mnv1.artifact.artifact import Artifact
 from edge_mnv1.artifact.target import load_target
 
 from test_parity import build_artifacts, run_cli
@@ -62,7 +63,22 @@ def test_plugin_counts_a_loop_exactly(loop_program):
     assert c[4000] - c[2000] == 2 * 2000
     assert c[50000] - c[1000] == 2 * 49000
     assert icount.count([loop_program, "01000"]) == c[1000]  # repeatable
-    assert icount.plugin_path() == icount.plugin_path()  # built once, cached by source hash
+
+
+def test_plugin_is_built_from_its_source_once_and_counts(loop_program, tmp_path, monkeypatch):
+    """In an empty cache the plugin is built under its source's hash, counts as the cached one
+    does, and the next call reuses that file instead of building again."""
+    import hashlib
+
+    want = icount.count([loop_program, "01000"])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    digest = hashlib.sha256(icount.PLUGIN_SOURCE.read_bytes()).hexdigest()[:16]
+    built = icount.plugin_path()
+    assert built == tmp_path / "edge_mnv1" / "qemu-plugins" / f"icount-{digest}.so"
+    assert [p.name for p in built.parent.iterdir()] == [built.name]  # no temporary file left
+    stamp = built.stat().st_mtime_ns
+    assert icount.count([loop_program, "01000"]) == want
+    assert icount.plugin_path() == built and built.stat().st_mtime_ns == stamp
 
 
 def test_a_failing_program_is_an_error_not_a_count(loop_program):
@@ -103,7 +119,7 @@ def test_bench_and_profile_report_instructions(rpi4_art, capsys):
     assert a["instructions_per_inference"] == b["instructions_per_inference"] > 0
     macs = json.loads((rpi4_art / "manifest.json").read_text())["total_macs"]
     assert a["instructions_per_mac"] == pytest.approx(a["instructions_per_inference"] / macs)
-    text = bench.summary_text(a, json.loads((rpi4_art / "manifest.json").read_text()))
+    text = bench.summary_text(a, Artifact.load(rpi4_art).manifest)
     assert "per multiply-add" in text and "not a time" in text
     assert a["emulated"] is True  # the count does not make the timing the board's
     code, p, _ = run_cli(capsys, "profile", rpi4_art, "--runs", 1)

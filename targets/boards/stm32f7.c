@@ -1,5 +1,6 @@
 /* Board support for ST NUCLEO-F722ZE (STM32F722ZE, Cortex-M7, 512 KB flash, 256 KB SRAM),
- * named by targets/nucleo-f722ze.toml. Overrides the weak defaults of em_mcu.c:
+ * named by targets/nucleo-f722ze.toml. Overrides the weak defaults of
+ * edge_mnv1/runtime/platform/mcu/board_default.c:
  * - em_board_init: PLL from HSI (16 MHz / M 8 * N 216 / P 2 = 216 MHz, Q 9 = 48 MHz),
  *   voltage scale 1 with over-drive (needed above 180 MHz), 7 flash wait states with ART
  *   accelerator and prefetch, AHB 216 / APB1 54 / APB2 108 MHz, I- and D-cache on;

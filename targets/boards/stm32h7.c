@@ -1,5 +1,6 @@
 /* Board support for ST NUCLEO-H743ZI(2) (STM32H743ZI, Cortex-M7), named by
- * targets/nucleo-h743zi.toml. Overrides the weak defaults of edge_mnv1/runtime/mcu/em_mcu.c:
+ * targets/nucleo-h743zi.toml. Overrides the weak defaults of
+ * edge_mnv1/runtime/platform/mcu/board_default.c:
  * - em_board_init: LDO supply, voltage scale 0, PLL1 from HSI (64 MHz / 4 * 60 / 2 = 480 MHz;
  *   HSI needs no crystal or ST-LINK clock), flash wait states, bus prescalers (AHB 240 MHz,
  *   APB 120 MHz), I- and D-cache on;

@@ -8,15 +8,15 @@ if(NOT CMAKE_C_COMPILER_ID MATCHES "Clang")
 endif()
 
 # Bench and profile run counts come from the fuzz input; the device's own limits (10000 and
-# 1000 runs, em_protocol.c) bound an execution, but at ~0.2 ms an inference a fuzzer that keeps
-# finding 10000 would crawl. The same code with smaller limits covers the same paths.
+# 1000 runs, core/em_protocol.c) bound an execution, but at ~0.2 ms an inference a fuzzer
+# that keeps finding 10000 would crawl. The same code with smaller limits covers the same paths.
 set(EM_FUZZ_MAX_BENCH_RUNS 2 CACHE STRING "bench run limit of the fuzz build")
 set(EM_FUZZ_MAX_PROFILE_RUNS 2 CACHE STRING "profile run limit of the fuzz build")
 set(EM_FUZZ_SANITIZE "fuzzer,address,undefined,unsigned-integer-overflow")
 
 add_executable(fuzz_protocol ${EM_RUNTIME_SOURCES} ${EM_ARTIFACT_SOURCES} ${EM_KERNEL_OBJECTS}
                "${EM_RUNTIME_DIR}/fuzz/fuzz_protocol.c")
-target_include_directories(fuzz_protocol PRIVATE "${EM_RUNTIME_DIR}" "${EM_ARTIFACT}/include")
+target_include_directories(fuzz_protocol PRIVATE "${EM_RUNTIME_DIR}/include" "${EM_ARTIFACT}/include")
 target_compile_definitions(fuzz_protocol PRIVATE EM_SINGLE_THREAD=1
                            EM_MAX_BENCH_RUNS=${EM_FUZZ_MAX_BENCH_RUNS}u
                            EM_MAX_PROFILE_RUNS=${EM_FUZZ_MAX_PROFILE_RUNS}u)

@@ -21,6 +21,7 @@
 #include "em_model.h"
 #include "em_platform.h"
 #include "em_protocol.h"
+#include "em_runtime.h"
 
 size_t LLVMFuzzerMutate(uint8_t* data, size_t size, size_t max_size);
 
@@ -98,6 +99,13 @@ void em_platform_flush(void) {
 }
 
 /* ---- the target ---------------------------------------------------------------------- */
+
+/* libFuzzer calls this once before the first input: the runtime's one-time set-up. */
+int LLVMFuzzerInitialize(int* argc, char*** argv) {
+  (void)argc; (void)argv;
+  em_runtime_init();
+  return 0;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   g_in = data;

@@ -9,15 +9,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "em_runtime.h"
-
-#define EM_MAX_THREADS 64
-
-typedef struct {
-  void* sync_handle;
-  int32_t num_task;
-} em_parallel_env_t;
-typedef int (*em_parallel_lambda)(int task_id, em_parallel_env_t* penv, void* cdata);
+#include "em_backend.h"
+#include "em_linux.h"
 
 static pthread_t g_threads[EM_MAX_THREADS];
 static int g_nthreads = 1;

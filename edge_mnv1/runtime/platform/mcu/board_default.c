@@ -1,15 +1,14 @@
-/* The platform hooks of em_platform.h for an MCU, on top of em_board.h, and the weak board
- * defaults: the CMSDK APB UART (Arm MPS2/MPS3 boards and QEMU's models of them) and the
- * SysTick counter at the CPU clock extended to 64 bits by counting its wraps. */
-#include <stddef.h>
+/* The weak board defaults of em_board.h: the CMSDK APB UART (Arm MPS2/MPS3 boards and QEMU's
+ * models of them) and the SysTick counter at the CPU clock extended to 64 bits by counting
+ * its wraps. A board support file overrides what its board does differently. */
 #include <stdint.h>
 
 #include "em_board.h"
-#include "em_platform.h"
 
 #define REG(addr) (*(volatile uint32_t*)(uintptr_t)(addr))
 
-/* ---- CMSDK APB UART: DATA 0x0, STATE 0x4 (bit0 TX full, bit1 RX full), CTRL 0x8 ---- */
+/* ---- CMSDK APB UART: DATA 0x0, STATE 0x4 (bit0 TX full, bit1 RX full), CTRL 0x8 ----
+ * (docs/mcu.md, "The emulated boards") */
 #define UART_DATA REG(EM_UART_BASE + 0x0u)
 #define UART_STATE REG(EM_UART_BASE + 0x4u)
 #define UART_CTRL REG(EM_UART_BASE + 0x8u)
@@ -70,30 +69,3 @@ __attribute__((weak)) uint64_t em_board_ticks(void) {
 void em_board_puts(const char* s) {
   while (*s) em_board_uart_putc((uint8_t)*s++);
 }
-
-/* ---- em_platform.h ----------------------------------------------------------------- */
-
-size_t em_platform_read(uint8_t* buf, size_t len) {
-  if (!len) return 0;
-  int c;
-  while ((c = em_board_uart_getc()) < 0) {
-  }
-  size_t n = 0;
-  buf[n++] = (uint8_t)c;
-  while (n < len && (c = em_board_uart_getc()) >= 0) buf[n++] = (uint8_t)c;
-  return n; /* never 0: a UART has no end of stream */
-}
-
-void em_platform_write(const uint8_t* buf, size_t len) {
-  for (size_t i = 0; i < len; ++i) em_board_uart_putc(buf[i]);
-}
-
-void em_platform_flush(void) {}
-
-uint64_t em_platform_ticks(void) {
-  /* Under QEMU -icount a SysTick tick is a fixed number of instructions (the target's
-   * EM_TICK_NUM / EM_TICK_DEN); on a board it is a cycle. */
-  return em_board_ticks() * EM_TICK_NUM / EM_TICK_DEN;
-}
-
-const char* em_platform_tick_unit(void) { return EM_TICK_UNIT; }

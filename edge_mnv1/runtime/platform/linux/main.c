@@ -1,79 +1,15 @@
 /* The Linux device program: `--serve` speaks docs/protocol.md on stdin/stdout,
  * `--selftest` runs the golden data, `--info` prints the hello JSON, `--count` runs the model
- * (or one kernel call) N times for an instruction counter (edge_mnv1/emulation). */
-#define _GNU_SOURCE
-#include <errno.h>
+ * (or one kernel call) N times for an instruction counter (edge_mnv1/emulators/). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "em_linux.h"
 #include "em_model.h"
-#include "em_platform.h"
 #include "em_protocol.h"
 #include "em_runtime.h"
-
-void em_pool_start(int threads);
-
-size_t em_platform_read(uint8_t* buf, size_t len) {
-  for (;;) {
-    ssize_t n = read(0, buf, len);
-    if (n >= 0) return (size_t)n;
-    if (errno != EINTR) return 0;
-  }
-}
-
-void em_platform_write(const uint8_t* buf, size_t len) {
-  while (len) {
-    ssize_t n = write(1, buf, len);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      exit(3); /* the host went away: nothing left to serve */
-    }
-    buf += n;
-    len -= (size_t)n;
-  }
-}
-
-void em_platform_flush(void) {}
-
-uint64_t em_platform_ticks(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-const char* em_platform_tick_unit(void) { return "ns"; }
-
-/* A program built for CPU features this CPU lacks would die of SIGILL somewhere inside a
- * kernel; refuse up front with the reason instead. */
-static int check_cpu_features(void) {
-#if defined(__x86_64__)
-  const char* req = em_model.required_cpu_features;
-  __builtin_cpu_init();
-  char buf[256];
-  if (!req || !*req) return 1;
-  snprintf(buf, sizeof buf, "%s", req);
-  for (char* tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
-    int ok = 1;
-    if (!strcmp(tok, "avx2")) ok = __builtin_cpu_supports("avx2");
-    else if (!strcmp(tok, "fma")) ok = __builtin_cpu_supports("fma");
-    else if (!strcmp(tok, "avx512f")) ok = __builtin_cpu_supports("avx512f");
-    else if (!strcmp(tok, "avx512bw")) ok = __builtin_cpu_supports("avx512bw");
-    else if (!strcmp(tok, "avx512vl")) ok = __builtin_cpu_supports("avx512vl");
-    else if (!strcmp(tok, "avx512dq")) ok = __builtin_cpu_supports("avx512dq");
-    else if (!strcmp(tok, "avx512vnni")) ok = __builtin_cpu_supports("avx512vnni");
-    if (!ok) {
-      fprintf(stderr,
-              "edge_mnv1: this program was compiled for a CPU with %s and this CPU lacks it; "
-              "recompile for this machine (edge-mnv1 compile ... --target host)\n", tok);
-      return 0;
-    }
-  }
-#endif
-  return 1;
-}
 
 static int threads_from_env(void) {
   const char* s = getenv("EM_NUM_THREADS");
@@ -114,7 +50,8 @@ static int count_mode(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   const char* mode = argc > 1 ? argv[1] : "--help";
-  if (!check_cpu_features()) return 4;
+  if (!em_cpu_features_ok()) return 4;
+  em_runtime_init();
   if (!strcmp(mode, "--info")) {
     printf("%s\n", em_model.hello_json);
     return 0;

@@ -39,12 +39,11 @@ typedef struct {
   uint32_t workspace_threads; /* slices available */
   uint8_t* frame_buffer;      /* receives one request payload */
   uint32_t max_payload;
-  /* golden data for the self-test: cases x (input, expected output), float32 or int8 */
+  /* golden data for the self-test: cases x (input, expected output), in the tensors' dtypes */
   const uint8_t* golden_inputs;
   const uint8_t* golden_outputs;
   uint32_t golden_cases;
   double golden_tolerance;
-  int output_is_float; /* 1: float32 output, compare with tolerance; 0: compare bytes */
   const char* required_cpu_features; /* comma separated, checked by the Linux program */
 } em_model_t;
 

@@ -1,4 +1,4 @@
-/* What a board gives the MCU firmware. Every hook has a weak default in em_mcu.c (the
+/* What a board gives the MCU firmware. Every hook has a weak default in board_default.c (the
  * CMSDK APB UART at EM_UART_BASE and the Cortex-M SysTick) that a board support file
  * (targets/boards/<board>.c, named by the target file's build.board_support) overrides. */
 #ifndef EM_BOARD_H_

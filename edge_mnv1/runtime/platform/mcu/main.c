@@ -9,6 +9,7 @@
 #include "em_runtime.h"
 
 int main(void) {
+  em_runtime_init();
   uint64_t t0 = em_platform_ticks();
   em_selftest_result_t r = em_selftest();
   uint64_t t1 = em_platform_ticks();

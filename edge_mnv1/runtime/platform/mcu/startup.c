@@ -1,6 +1,6 @@
 /* Cortex-M start-up shared by every board: the vector table, the reset handler (FPU on
  * first, then .data/.bss, then the board and main) and fault handlers that say what
- * happened on the UART. Symbols come from the generated linker script (edge_mnv1/linker.py). */
+ * happened on the UART. Symbols come from the generated linker script (edge_mnv1/artifact/firmware.py). */
 #include <stdint.h>
 #include <string.h>
 

@@ -1,4 +1,4 @@
-/* Running the model: the call sequence, the TVM backend hooks, self-test, bench, profile. */
+/* Running the model: one-time set-up, the call sequence, errors and the self-test. */
 #ifndef EM_RUNTIME_H_
 #define EM_RUNTIME_H_
 
@@ -10,6 +10,9 @@
 extern "C" {
 #endif
 
+/* Connects the kernels to the backend hooks. Every platform calls it once at start, before
+ * any em_run*; em_run* refuse to run without it (LLVM kernels would jump through null slots). */
+void em_runtime_init(void);
 /* Runs every call once; 0 on success, else -1 with em_last_error() set. */
 int em_run(void);
 /* Runs call `index` of the sequence alone (for per-call instruction counts); 0 or -1. */
@@ -25,10 +28,8 @@ typedef struct {
   uint32_t cases;
   uint32_t nonfinite;   /* outputs that were NaN or infinite where the golden data is finite */
 } em_selftest_result_t;
+/* Runs the golden inputs and compares the outputs element by element in the output's dtype. */
 em_selftest_result_t em_selftest(void);
-
-/* Which thread slice of the workspace the calling thread uses (Linux pool sets it). */
-void em_workspace_set_thread(uint32_t index);
 
 #ifdef __cplusplus
 }
