@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_mnv1.evaluation import bench
 from edge_mnv1 import cli
+from edge_mnv1.artifact.artifact import Artifact
+from edge_mnv1.evaluation import bench
 
 from test_parity import build_artifacts, run_cli
 
@@ -21,7 +22,7 @@ def arts(digits_onnx, digits_ckpt, tmp_path_factory):
 
 
 def manifest_of(art):
-    return json.loads((art / "manifest.json").read_text())
+    return Artifact.load(art).manifest
 
 
 def test_bench_host_beside_onnxruntime_and_torch(arts, capsys, tmp_path):
@@ -76,9 +77,10 @@ class _CountingDevice:
     """A device whose ticks are instructions (QEMU -icount, an MCU counter): no ms."""
 
     url = "serial:///dev/fake"
+    transport = None
 
     def __init__(self, manifest):
-        self.hello = {"tick_unit": "instructions", "target": manifest["target"]}
+        self.hello = {"tick_unit": "instructions", "target": manifest.target_name}
         self.client = self
         self.manifest = manifest
 
@@ -88,7 +90,7 @@ class _CountingDevice:
     def infer(self, x):
         import numpy as np
 
-        return np.zeros(self.manifest["output"]["shape"], np.float32)
+        return np.zeros(self.manifest.output.shape, np.float32)
 
 
 def test_counts_are_not_converted_to_ms(arts):
@@ -108,14 +110,14 @@ def test_profile_shares_and_macs_add_up(arts, capsys, tmp_path):
     m = manifest_of(arts["host"])
     calls = r["calls"]
     assert [(c["call"], c["kernel"], c["macs"]) for c in calls] == \
-        [(k["call"], k["kernel"], k["macs"]) for k in m["kernels"]]
+        [(k["call"], k["kernel"], k["macs"]) for k in m.kernels]
     assert sum(c["share"] for c in calls) == pytest.approx(1.0, abs=1e-9)
-    assert sum(c["macs"] for c in calls) == m["total_macs"] == r["total_macs"]
+    assert sum(c["macs"] for c in calls) == m.total_macs == r["total_macs"]
     assert sum(c["ticks"] for c in calls) == pytest.approx(r["total_ticks"])
     for c in calls:
         if c["macs"] and c["ticks"]:
             assert c["gmac_per_s"] == pytest.approx(c["macs"] / c["ticks"])
-    assert r["gmac_per_s"] == pytest.approx(m["total_macs"] / r["total_ticks"])
+    assert r["gmac_per_s"] == pytest.approx(m.total_macs / r["total_ticks"])
     assert (tmp_path / "profile.png").read_bytes()[:4] == b"\x89PNG"
     assert "share" in (tmp_path / "summary.txt").read_text()
 

@@ -101,7 +101,7 @@ def test_bad_model_file_is_refused(tmp_path):
     assert r.returncode == 2 and "not a valid ONNX model" in r.stderr
     r = cli("compile", tmp_path / "missing.onnx", "--target", "host", "-o", tmp_path / "o",
             check=False)
-    assert r.returncode == 2 and "no such ONNX file" in r.stderr
+    assert r.returncode == 2 and "missing.onnx: no such file" in r.stderr
     r = cli("compile", bad, "--target", "nosuch", "-o", tmp_path / "o", check=False)
     assert r.returncode == 2 and "unknown target" in r.stderr
 
@@ -130,8 +130,23 @@ def test_records_for_another_cpu_are_not_applied(digits_onnx, tmp_path):
 
 
 @pytest.mark.slow
-def test_mobilenet_1_0_224_host_and_rpi4(untrained_onnx_factory, tmp_path):
-    """The paper's full network, calibrated weights: both programs match ONNX Runtime."""
+def test_mobilenet_1_0_224_host_and_rpi4(untrained_onnx_factory, tmp_path, monkeypatch):
+    """The paper's full network, calibrated weights: both programs match ONNX Runtime, built
+    with the committed tuning records whatever CPU runs the test."""
+    import shutil
+
+    from edge_mnv1.artifact.target import load_target
+    from edge_mnv1.compiler.tvm_target import resolve
+
+    # Host records are filed under the CPU they were measured on; filed again under this
+    # machine's key in a private root, they apply here too (untuned would test nothing).
+    root = tmp_path / "tuning"
+    shutil.copytree(REPO / "compile" / "tuning", root)
+    key = resolve(load_target("host")).cpu_key
+    measured = root / "host-znver4-avx512" / "mnv1-a1-r224-c1000-float32-nhwc"
+    if not (root / key / measured.name).is_dir():
+        shutil.copytree(measured, root / key / measured.name)
+    monkeypatch.setenv("EDGE_MNV1_TUNING_ROOT", str(root))
     onnx_path = untrained_onnx_factory(1.0, 224)
     x, _ = digits_inputs(2, resolution=224)
     ref = ort_outputs(onnx_path, x)
@@ -145,10 +160,10 @@ def test_mobilenet_1_0_224_host_and_rpi4(untrained_onnx_factory, tmp_path):
             got = np.concatenate([dev.client.infer(x[i:i + 1]) for i in range(len(x))])
             assert dev.client.selftest()["passed"]
         assert np.max(np.abs(got - ref)) <= 1e-4, target
-        # With the committed records (this CPU's, if they are there), tuned kernels read
-        # weights prepacked at compile time (host), and the rpi4's tuned kernels fit the
-        # workspace bound read from their code (they once did not).
-        if r["tuning_applied"] and target == "host":
+        # Tuned kernels read weights prepacked at compile time (host), and the rpi4's tuned
+        # kernels fit the workspace bound read from their code (they once did not).
+        assert r["tuning_applied"] > 0, target
+        if target == "host":
             assert json.loads((art / "manifest.json").read_text())["layout"]["prepacked_weights"] > 0
 
 

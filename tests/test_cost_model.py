@@ -8,7 +8,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edge_mnv1.model.data import Preprocessing
 from edge_mnv1.errors import UsageError
 from edge_mnv1.model.network import ModelConfig, MobileNetV1, cost_summary
-from edge_mnv1.onnxio.cost import graph_costs, load_onnx
+from edge_mnv1.onnxio.cost import graph_costs
+from edge_mnv1.onnxio.model_file import load_onnx
 from edge_mnv1.onnxio.export import to_onnx
 
 
@@ -63,3 +64,14 @@ def test_load_onnx_refuses_other_files(tmp_path):
         load_onnx(text)
     with pytest.raises(UsageError, match="missing.onnx: no such file"):
         load_onnx(tmp_path / "missing.onnx")
+
+
+def test_load_onnx_checks_one_input_and_output_when_asked(tmp_path):
+    """`info` counts any graph; compile and quantize feed one input and read one output."""
+    path = _tiny(tmp_path, 0)
+    model = onnx.load(str(path))
+    model.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 6]))
+    onnx.save(model, path)
+    assert len(load_onnx(path).graph.output) == 2
+    with pytest.raises(UsageError, match="tiny.onnx: expected one input and one output"):
+        load_onnx(path, one_input_output=True)

@@ -11,7 +11,8 @@ import pytest
 from edge_mnv1.model import checkpoint, data
 from edge_mnv1 import cli
 from edge_mnv1.errors import UsageError
-from edge_mnv1.onnxio.export import CHECKPOINT_KEY, CONFIG_KEY, PREPROCESSING_KEY, export, ort_session, read_model_config
+from edge_mnv1.onnxio.export import CHECKPOINT, CONFIG, PREPROCESSING, export, read_model_config
+from edge_mnv1.onnxio.model_file import model_metadata, ort_session, write_metadata
 from edge_mnv1.model.network import ModelConfig, cost_summary
 from edge_mnv1.onnxio.cost import graph_costs
 from edge_mnv1.model.train import predict
@@ -23,10 +24,13 @@ def test_digits_onnx_is_folded_and_carries_its_config(digits_onnx, digits_ckpt):
     ops = {n.op_type for n in proto.graph.node}
     assert "BatchNormalization" not in ops and {"Conv", "Gemm", "Relu"} <= ops
     assert proto.opset_import[0].version == 17
-    meta = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(meta[CONFIG_KEY])["alpha"] == 0.25
-    assert json.loads(meta[PREPROCESSING_KEY])["mean"] == [0.5, 0.5, 0.5]
-    ck = json.loads(meta[CHECKPOINT_KEY])
+    assert {p.key for p in proto.metadata_props} == {
+        "edge_mnv1.config", "edge_mnv1.preprocessing", "edge_mnv1.format_version",
+        "edge_mnv1.checkpoint"}
+    meta = model_metadata(proto)
+    assert meta[CONFIG]["alpha"] == 0.25
+    assert meta[PREPROCESSING]["mean"] == [0.5, 0.5, 0.5]
+    ck = meta[CHECKPOINT]
     assert (digits_onnx.parent / ck["path"]).resolve() == digits_ckpt.resolve()
     assert ck["sha256"] == hashlib.sha256(digits_ckpt.read_bytes()).hexdigest()
     config, pp = read_model_config(digits_onnx)
@@ -82,6 +86,16 @@ def test_read_model_config_refuses_other_files(tmp_path, digits_onnx):
         read_model_config(bare)
 
 
+def test_metadata_is_prefixed_json_and_reads_back(digits_onnx):
+    proto = onnx.load(str(digits_onnx))
+    write_metadata(proto, {"config": {"alpha": 0.5}, "note": "not JSON {", "format_version": "1"})
+    assert [p.key for p in proto.metadata_props] == [
+        "edge_mnv1.config", "edge_mnv1.note", "edge_mnv1.format_version"]
+    proto.metadata_props.add(key="producer.other", value="ignored")
+    assert model_metadata(proto) == {"config": {"alpha": 0.5}, "note": "not JSON {",
+                                     "format_version": 1}
+
+
 def test_export_refuses_bad_options(digits_ckpt, tmp_path):
     with pytest.raises(UsageError, match="--batch 0"):
         export(digits_ckpt, tmp_path / "m.onnx", batch=0)
@@ -91,6 +105,9 @@ def test_export_refuses_bad_options(digits_ckpt, tmp_path):
         export(digits_ckpt, tmp_path / "m.onnx", opset=9)
 
 
+@pytest.mark.slow
+@pytest.mark.emulator
+@pytest.mark.ssh  # the whole demo: sshd, an emulated Pi and QEMU's Cortex-M7
 def test_demo_reuses_a_matching_checkpoint(digits_ckpt, tmp_path, capsys):
     out = tmp_path / "demo"
     out.mkdir()

@@ -1,7 +1,8 @@
-"""Device-side fuzzing (edge_mnv1/fuzzing.py, edge_mnv1/runtime/fuzz/): the libFuzzer target
-builds with a real compiled model; its seeds are the frames their names say (checked against
-the Linux program); every stored crash (tests/fuzz_regressions/) replays clean through the
-target and through the ASan + UBSan Linux program; a short fuzz run finds no crash."""
+"""Device-side fuzzing (edge_mnv1/evaluation/fuzzing.py, edge_mnv1/runtime/fuzz/): the
+libFuzzer target builds with a real compiled model; its seeds are the frames their names say
+(checked against the Linux program); every stored crash (tests/fuzz_regressions/) replays
+clean through the target and through the ASan + UBSan Linux program; a short fuzz run finds
+no crash."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_mnv1.evaluation import fuzzing
 from edge_mnv1.device import protocol as P
-from edge_mnv1.artifact.artifact import load_manifest
+from edge_mnv1.artifact.artifact import Artifact
 
 from compiled import cli_json
 from sanitizers import SANITIZE, check_no_reports, no_sanitizer_reports
@@ -75,7 +75,7 @@ def test_seeds_are_the_frames_they_are_named(fuzz_work, sanitized_program, tmp_p
                                              monkeypatch):
     seeds = {p.name: p.read_bytes() for p in (fuzz_work / "seeds").iterdir()}
     assert set(SEED_REPLIES) | {"session"} == set(seeds)
-    manifest = load_manifest(fuzz_work / "artifact")
+    manifest = Artifact.load(fuzz_work / "artifact").manifest
     with no_sanitizer_reports(monkeypatch, tmp_path / "sanitizers"):
         for name, want in SEED_REPLIES.items():
             replies = serve(sanitized_program, seeds[name], tmp_path / "sanitizers")
@@ -92,14 +92,14 @@ def test_seeds_are_the_frames_they_are_named(fuzz_work, sanitized_program, tmp_p
         got = [m for m, _, _ in serve(sanitized_program, seeds["session"], tmp_path / "sanitizers")]
         assert got == [t | P.REPLY for t in (P.HELLO, P.INFER, P.BENCH, P.PROFILE, P.SELFTEST)] \
             + [P.ERROR, P.HELLO | P.REPLY]
-    assert len(seeds["infer"]) == 20 + fuzzing.tensor_bytes(manifest["input"])
+    assert len(seeds["infer"]) == 20 + manifest.input.nbytes
 
 
 def test_run_counts_are_bounded_by_the_device(fuzz_work, sanitized_program, tmp_path,
                                               monkeypatch):
     """The limits that bound one request's cost (docs/protocol.md), at their edges, on the
     real program: bench up to min(10000, (max_payload - 4) / 8) runs, profile up to 1000."""
-    max_payload = load_manifest(fuzz_work / "artifact")["memory"]["frame_buffer_bytes"]
+    max_payload = Artifact.load(fuzz_work / "artifact").manifest.memory["frame_buffer_bytes"]
     bench_cap = min(10000, (max_payload - 4) // 8)
     runs = lambda n: struct.pack("<I", n)  # noqa: E731
     stream = b"".join([P.encode_frame(P.BENCH, 1, runs(bench_cap)),

@@ -88,6 +88,14 @@ def test_a_failing_program_is_an_error_not_a_count(loop_program):
         icount.count([loop_program])  # no argv[1]: it reads through a null pointer
 
 
+def test_a_missing_qemu_is_a_tool_error(loop_program):
+    from edge_mnv1.errors import ToolError
+
+    with pytest.raises(ToolError, match="qemu-nosuch is not installed") as e:
+        icount.count([loop_program, "1"], qemu=["qemu-nosuch"])
+    assert e.value.exit_code == 3
+
+
 def test_program_counts_are_repeatable_and_add_up(rpi4_art):
     manifest = json.loads((rpi4_art / "manifest.json").read_text())
     qemu = count_program.counting_emulator(load_target("rpi4"))

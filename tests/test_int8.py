@@ -10,7 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
-from edge_mnv1.quant import quantize as Q
+from edge_mnv1.onnxio.model_file import model_metadata, ort_session
+from edge_mnv1.quant.fixedpoint import dequantize, fixed_point, quantize_input, requantize
+from edge_mnv1.quant.qdq import from_onnx
 
 from compiled import cli, cli_json
 
@@ -28,12 +30,12 @@ def int8_model(digits_onnx, tmp_path_factory):
 def test_fixed_point_multiplier_is_31_bits_and_requantize_rounds_half_up():
     rng = np.random.default_rng(0)
     for real in np.concatenate([rng.uniform(1e-6, 1.0, 200), [2.0 ** -20, 0.5, 0.999999]]):
-        m, s = Q.fixed_point(float(real))
+        m, s = fixed_point(float(real))
         assert 2 ** 30 <= m < 2 ** 31
         assert abs(m * 2.0 ** -s - real) <= real * 2.0 ** -30
     # Exact ties go up (toward +infinity), negative ones too: -2.5 -> -2, 2.5 -> 3.
     half = np.array([[5, -5, 7, -7]], np.int64)   # x / 2 with M = 2^30, S = 31
-    got = Q.requantize(half, np.int64(2 ** 30), np.int64(31), 0, -128, 127)
+    got = requantize(half, np.int64(2 ** 30), np.int64(31), 0, -128, 127)
     assert got.tolist() == [[3, -2, 4, -3]]
 
 
@@ -60,12 +62,12 @@ def test_integer_reference_layers_match_an_independent_float_computation(int8_mo
     from edge_mnv1.model import data
     import types
 
-    model = Q.from_onnx(onnx.load(str(int8_model[0])))
+    model = from_onnx(onnx.load(str(int8_model[0])))
     x, _, _ = data.load_dataset("digits", types.SimpleNamespace(resolution=64),
                                 data.Preprocessing.digits(64), split="test", limit=3)
     checked = exact = worst = 0
     for xi in x:
-        q = Q.quantize_input(xi[None], model.input_q.scale, model.input_q.zero_point)
+        q = quantize_input(xi[None], model.input_q.scale, model.input_q.zero_point)
         acts = model.activations(q)
         for layer in model.layers:
             if layer.op == "reshape":
@@ -115,23 +117,19 @@ def _weight_scales(model_path, layer) -> np.ndarray:
 def test_integer_reference_agrees_with_onnxruntime_qdq(int8_model):
     """ONNX Runtime runs the same QDQ file in float (no optimizations): the integer
     reference stays within one output step of it and agrees on top-1."""
-    import onnxruntime as ort
-
     from edge_mnv1.model import data
     import types
 
     path = int8_model[0]
-    model = Q.from_onnx(onnx.load(str(path)))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    model = from_onnx(onnx.load(str(path)))
+    sess = ort_session(path, optimize=False)
     x, _, _ = data.load_dataset("digits", types.SimpleNamespace(resolution=64),
                                 data.Preprocessing.digits(64), split="test", limit=60)
     o = model.output_q
     worst, agree = 0.0, 0
     for xi in x:
-        q = Q.quantize_input(xi[None], model.input_q.scale, model.input_q.zero_point)
-        mine = Q.dequantize(model.run(q), o.scale, o.zero_point)
+        q = quantize_input(xi[None], model.input_q.scale, model.input_q.zero_point)
+        mine = dequantize(model.run(q), o.scale, o.zero_point)
         theirs = sess.run(None, {sess.get_inputs()[0].name: xi[None]})[0]
         worst = max(worst, float(np.abs(mine - theirs).max() / o.scale))
         agree += int(mine.argmax() == theirs.argmax())
@@ -150,10 +148,10 @@ def test_quantize_keeps_accuracy_within_one_point(int8_model):
     onnx.checker.check_model(m)
     ops = {n.op_type for n in m.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops   # standard QDQ
-    meta = {p.key: p.value for p in m.metadata_props}
-    scheme = json.loads(meta["edge_mnv1.quantization"])
+    keys = {p.key for p in m.metadata_props}   # the file format: prefixed keys
+    assert {"edge_mnv1.quantization", "edge_mnv1.config", "edge_mnv1.preprocessing"} <= keys
+    scheme = model_metadata(m)["quantization"]
     assert scheme["weights"].startswith("int8") and scheme["calibration_images"] == 200
-    assert "edge_mnv1.config" in meta and "edge_mnv1.preprocessing" in meta
 
 
 @pytest.mark.parametrize("calib,message", [
@@ -177,7 +175,7 @@ def test_a_float_model_is_not_an_integer_model(digits_onnx):
     from edge_mnv1.errors import UsageError
 
     with pytest.raises(UsageError, match="not quantized|QuantizeLinear"):
-        Q.from_onnx(onnx.load(str(digits_onnx)))
+        from_onnx(onnx.load(str(digits_onnx)))
 
 
 # ---- compiled: bit-exact on every target -----------------------------------------------------

@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 from edge_mnv1.model import data
-from edge_mnv1.artifact import firmware as linker, mcu_budget
+from edge_mnv1.artifact import firmware as linker
+from edge_mnv1.artifact.artifact import Artifact
+from edge_mnv1.artifact.budget import artifact_budget
 from edge_mnv1.device import protocol as P
 from edge_mnv1.device.connect import open_device
 from edge_mnv1.device.protocol import Client, FrameDecoder
@@ -49,7 +51,7 @@ def digits(n, resolution=64):
 
 @contextlib.contextmanager
 def board(art, timeout=60.0, retries=2):
-    with open_device("emulated", art, timeout=timeout, retries=retries) as dev:
+    with open_device("emulated", Artifact.load(art), timeout=timeout, retries=retries) as dev:
         yield dev
 
 
@@ -74,7 +76,7 @@ def test_firmware_builds_and_fits(firmware, name):
     # The arena is the liveness optimum for this network.
     assert r["arena_bytes"] == r["liveness_lower_bound"]
     # `edge-mnv1 info`'s view of the same artifact.
-    info = mcu_budget.artifact_budget(art)
+    info = artifact_budget(Artifact.load(art))
     assert info["fits"] and info["budget"]["regions"] == budget["regions"]
 
 
@@ -140,9 +142,24 @@ def test_serial_urls():
             parse_url(bad)
 
 
+def test_a_missing_qemu_is_a_tool_error(tmp_path):
+    import dataclasses
+
+    from edge_mnv1.emulators.qemu_mcu import QemuBoard
+    from edge_mnv1.errors import ToolError
+
+    t = load_target("mps2-an500")
+    t = dataclasses.replace(t, emulator={**t.emulator, "command": ["qemu-system-nosuch"]})
+    board = QemuBoard(t, tmp_path / "firmware.elf")
+    with pytest.raises(ToolError, match="qemu-system-nosuch is not installed") as e:
+        board.start()
+    assert e.value.exit_code == 3
+    board.stop()
+
+
 def test_firmware_formatter_matches_printf(tmp_path):
     """The firmware's snprintf (no heap) prints what glibc prints, %.9g included."""
-    src = REPO / "edge_mnv1" / "runtime" / "mcu" / "printf.c"
+    src = REPO / "edge_mnv1" / "runtime" / "platform" / "mcu" / "printf.c"
     test = tmp_path / "t.c"
     test.write_text(r'''
 #include <math.h>
@@ -309,11 +326,11 @@ def test_emulate_serves_a_socket_url_and_deploy_restarts_it(firmware, tmp_path):
         assert line, proc.stderr.read()
         url = json.loads(line)["url"]
         assert url.startswith("socket://127.0.0.1:")
-        with open_device(url, art, timeout=30) as dev:
+        with open_device(url, Artifact.load(art), timeout=30) as dev:
             assert dev.client.bench(1)[0] > 1e6
         r = cli_json("deploy", art, "--device", url)
         assert r["passed"] and r["hello"]["target"] == "mps2-an500"
-        with open_device(url, art, timeout=30) as dev:  # the restarted board
+        with open_device(url, Artifact.load(art), timeout=30) as dev:  # the restarted board
             assert dev.hello["requests"] == 2  # deploy's hello, then ours: a new boot
     finally:
         proc.send_signal(signal.SIGINT)

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from edge_mnv1 import cli
-from edge_mnv1.evaluation import parity
+from edge_mnv1.artifact.artifact import Artifact, Manifest
 from edge_mnv1.errors import DeviceError
+from edge_mnv1.evaluation import metrics, parity
 
 from compiled import cli_json
 from compiled import untrained_onnx
@@ -58,43 +59,43 @@ def run_cli(capsys, *argv) -> tuple[int, dict, str]:
 def test_metrics_are_what_they_say():
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((50, 10)) * 3
-    m = parity.compare(ref.copy(), ref)
+    m = metrics.compare(ref.copy(), ref)
     assert m["max_abs_error"] == 0 and m["top1_agreement"] == 1.0
     assert m["cosine"] == pytest.approx(1.0)
     dev = ref.copy()
     dev[7, 3] += 0.5
-    m = parity.compare(dev, ref)
+    m = metrics.compare(dev, ref)
     assert m["max_abs_error"] == pytest.approx(0.5)
     assert m["max_rel_error"] == pytest.approx(0.5 / np.abs(ref).max())
     assert m["rmse"] == pytest.approx(np.sqrt(0.25 / ref.size))
     assert m["cosine"] < 1.0 and m["cosine_mean"] > m["cosine"]
     flipped = ref.copy()
     flipped[4] = -flipped[4]
-    m = parity.compare(flipped, ref)
+    m = metrics.compare(flipped, ref)
     assert m["top1_agreement"] == pytest.approx(49 / 50)
     assert m["disagreements"][0]["index"] == 4
     assert m["cosine"] == pytest.approx(-1.0)
-    assert parity.judge(m, parity.default_thresholds("float32"))  # fails
-    assert parity.accuracy(ref, ref.argmax(1)) == 1.0
+    assert metrics.judge(m, metrics.default_thresholds("float32"))  # fails
+    assert metrics.accuracy(ref, ref.argmax(1)) == 1.0
 
 
 def test_variation_warning_depends_on_the_outputs_not_on_a_flag():
     rng = np.random.default_rng(1)
     varied = rng.standard_normal((40, 10))
-    assert parity.output_variation(varied, 1e-4)[1] == []
+    assert metrics.output_variation(varied, 1e-4)[1] == []
     constant = np.tile(rng.standard_normal(10), (40, 1)) + 1e-7 * rng.standard_normal((40, 10))
-    info, warnings = parity.output_variation(constant, 1e-4)
-    assert info["relative_std"] < parity.MIN_RELATIVE_VARIATION
+    info, warnings = metrics.output_variation(constant, 1e-4)
+    assert info["relative_std"] < metrics.MIN_RELATIVE_VARIATION
     assert info["distinct_top1"] == 1 and len(warnings) == 2
 
 
 def test_thresholds_per_dtype_and_overrides():
-    assert parity.default_thresholds("float32")["max_abs_error"] == 1e-4
+    assert metrics.default_thresholds("float32")["max_abs_error"] == 1e-4
     # int8 against a float reference: the quantization error is reported, not judged;
     # against the integer reference: exact.
-    assert parity.default_thresholds("int8")["max_abs_error"] is None
-    assert parity.default_thresholds("uint8", "integer")["max_abs_error"] == 0.0
-    assert parity.default_thresholds("float32", min_top1=0.9)["min_top1"] == 0.9
+    assert metrics.default_thresholds("int8")["max_abs_error"] is None
+    assert metrics.default_thresholds("uint8", "integer")["max_abs_error"] == 0.0
+    assert metrics.default_thresholds("float32", min_top1=0.9)["min_top1"] == 0.9
 
 
 # -- on devices -----------------------------------------------------------------------------
@@ -152,8 +153,8 @@ class _Perturbing:
 def test_wrong_device_fails_with_exit_1(parity_artifacts, monkeypatch, capsys):
     real = parity.open_device
 
-    def opener(url, artifact, manifest=None, **kw):
-        dev = real(url, artifact, manifest, **kw)
+    def opener(url, artifact, **kw):
+        dev = real(url, artifact, **kw)
         dev.client = _Perturbing(dev.client, 1e-3)  # 10x the fp32 threshold, no top-1 change
         return dev
 
@@ -175,7 +176,7 @@ def test_near_constant_outputs_are_flagged(parity_artifacts, capsys):
     assert r["warnings"], r
     assert any("barely vary" in w for w in r["warnings"])
     assert "warning" in err.lower()
-    assert r["output_variation"]["relative_std"] < parity.MIN_RELATIVE_VARIATION
+    assert r["output_variation"]["relative_std"] < metrics.MIN_RELATIVE_VARIATION
 
 
 def test_dropped_link_keeps_a_partial_report_and_a_rerun_completes(parity_artifacts,
@@ -184,8 +185,8 @@ def test_dropped_link_keeps_a_partial_report_and_a_rerun_completes(parity_artifa
     real = parity.open_device
     kill_after = 7
 
-    def opener(url, artifact, manifest=None, **kw):
-        dev = real(url, artifact, manifest, **kw)
+    def opener(url, artifact, **kw):
+        dev = real(url, artifact, **kw)
         client, done = dev.client, [0]
         orig = client.infer
 
@@ -239,23 +240,26 @@ def test_checkpoint_named_in_the_model_is_found_and_verified(parity_artifacts, t
 
     import onnx
 
-    from edge_mnv1.evaluation import reference
+    from edge_mnv1.evaluation import references
+    from edge_mnv1.onnxio.model_file import model_metadata, write_metadata
 
     ck = parity_artifacts["ckpt"]
     model = onnx.load(str(parity_artifacts["onnx"]))
-    entry = model.metadata_props.add()
-    entry.key = "edge_mnv1.checkpoint"
-    entry.value = json.dumps({"path": ck.name,
-                              "sha256": hashlib.sha256(ck.read_bytes()).hexdigest()})
+    meta = model_metadata(model)
+    meta["checkpoint"] = {"path": ck.name, "sha256": hashlib.sha256(ck.read_bytes()).hexdigest()}
+    write_metadata(model, meta)
     art = tmp_path / "art"
     art.mkdir()
     onnx.save(model, str(art / "model.onnx"))
-    manifest = {"model": {"source": str(ck.parent / "m.onnx")}}  # relative to the source model
-    found, note = reference.find_checkpoint(art, manifest)
+
+    def named_from(source):  # an artifact whose manifest names only its source model
+        return Artifact(art, Manifest({"model": {"source": str(source)}}))
+
+    found, note = references.find_checkpoint(named_from(ck.parent / "m.onnx"))
     assert found == ck.parent / ck.name and "sha256 verified" in note
     copy = tmp_path / ck.name
     copy.write_bytes(ck.read_bytes() + b"changed")
-    found, note = reference.find_checkpoint(art, {"model": {"source": str(copy)}})
+    found, note = references.find_checkpoint(named_from(copy))
     assert found is None and "changed" in note and "ONNX Runtime" in note
-    found, note = reference.find_checkpoint(art, {"model": {"source": "/nowhere/m.onnx"}})
+    found, note = references.find_checkpoint(named_from("/nowhere/m.onnx"))
     assert found is None and "not on this machine" in note

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edge_mnv1.device import protocol as P
-from edge_mnv1.artifact.artifact import load_manifest
+from edge_mnv1.artifact.artifact import Artifact
 from edge_mnv1.device.connect import open_device
 from edge_mnv1.errors import UsageError
 
@@ -35,7 +35,7 @@ def host_artifact(request, digits_onnx, tmp_path_factory):
 @pytest.fixture
 def device(host_artifact, monkeypatch, tmp_path):
     with no_sanitizer_reports(monkeypatch, tmp_path / "sanitizers"):
-        with open_device("local", host_artifact, timeout=20, retries=0) as dev:
+        with open_device("local", Artifact.load(host_artifact), timeout=20, retries=0) as dev:
             yield dev
             transport = dev.client.transport
         transport._drain_stderr()
@@ -69,7 +69,7 @@ def serve_stream(program, stream: bytes, tmp_path) -> list:
 
 
 def test_hello_describes_the_model(device, host_artifact):
-    m = load_manifest(host_artifact)
+    m = Artifact.load(host_artifact).manifest
     h = device.hello
     assert h["input"]["shape"] == m["input"]["shape"] and h["input"]["dtype"] == "float32"
     assert h["arena_bytes"] == m["memory"]["arena_bytes"]
@@ -135,7 +135,7 @@ def test_a_frame_starting_inside_a_corrupt_header_is_answered(device):
 
 def test_unknown_version_with_a_long_payload_is_drained(host_artifact, tmp_path):
     """BAD_VERSION drains the announced payload however long: a frame inside it is payload."""
-    limit = load_manifest(host_artifact)["memory"]["frame_buffer_bytes"]
+    limit = Artifact.load(host_artifact).manifest["memory"]["frame_buffer_bytes"]
     hidden = P.encode_frame(P.HELLO, 95)
     payload = hidden + b"z" * (limit + 100 - len(hidden))
     head = struct.pack("<2sBBHHI", P.MAGIC, 9, P.HELLO, 93, 0, len(payload))
@@ -208,9 +208,9 @@ def test_tampered_artifact_is_refused(host_artifact, tmp_path):
     data[100] ^= 1
     (copy / "weights.bin").write_bytes(bytes(data))
     with pytest.raises(UsageError, match="weights.bin does not match the manifest"):
-        load_manifest(copy)
+        Artifact.load(copy)
     x = tmp_path / "x.npy"
-    np.save(x, np.zeros(load_manifest(host_artifact)["input"]["shape"], np.float32))
+    np.save(x, np.zeros(Artifact.load(host_artifact).manifest["input"]["shape"], np.float32))
     r = cli("run", copy, "--device", "local", "--input", x, "-o", tmp_path / "y.npy", check=False)
     assert r.returncode == 2 and "recompile" in r.stderr and "Traceback" not in r.stderr
 

@@ -198,11 +198,11 @@ class TamperingLink(FaultyTransport):
 
 
 def test_the_soak_catches_a_wrong_output_that_passes_the_crcs(host_small):
-    from edge_mnv1.artifact.artifact import load_manifest
+    from edge_mnv1.artifact.artifact import Artifact
 
-    manifest = load_manifest(host_small)
-    xs = S.make_inputs(manifest, 2, seed=0)
-    with open_device("local", host_small, manifest, timeout=10) as dev:
+    art = Artifact.load(host_small)
+    xs = S.make_inputs(art.manifest.input, 2, seed=0)
+    with open_device("local", art, timeout=10) as dev:
         reference, _ = S._clean_reference(dev.client, xs, "local")
         link = TamperingLink(dev.client.transport)
         dev.client.transport = link

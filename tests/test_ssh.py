@@ -22,8 +22,11 @@ import numpy as np
 import psutil
 import pytest
 
-from edge_mnv1.device import ssh
+from edge_mnv1.artifact.artifact import Artifact, Manifest
 from edge_mnv1.device.connect import open_device
+from edge_mnv1.device.ssh_connection import SshConnection
+from edge_mnv1.device.ssh_upload import DEPLOY_FILES, DeployFile, upload
+from edge_mnv1.device.ssh_url import ACCEPT_NEW_ENV, default_dir, parse_url
 from edge_mnv1.emulators.sshd import SshServer
 from edge_mnv1.errors import DeviceError, UsageError
 
@@ -105,24 +108,24 @@ def _sha(p: Path) -> str:
 
 # -- URLs (no server) ---------------------------------------------------------------------------
 def test_url_parsing(tmp_path, monkeypatch):
-    monkeypatch.delenv(ssh.ACCEPT_NEW_ENV, raising=False)
+    monkeypatch.delenv(ACCEPT_NEW_ENV, raising=False)
     key = tmp_path / "k"
     key.write_text("x")
-    u = ssh.parse_url(f"ssh://pi@Board.local:2222/opt/a%20b'c$d%23?identity={key}&accept_new=1")
+    u = parse_url(f"ssh://pi@Board.local:2222/opt/a%20b'c$d%23?identity={key}&accept_new=1")
     assert (u.user, u.host, u.port, u.dir, u.identity, u.accept_new) == \
         ("pi", "Board.local", 2222, "/opt/a b'c$d#", str(key), True)
-    assert ssh.parse_url("ssh://h/~/models/x").dir == "models/x"   # relative to the home
-    assert ssh.parse_url("ssh://h").dir is None and ssh.parse_url("ssh://h").port is None
-    assert ssh.parse_url("ssh://u@[::1]:22/x").host == "::1"
-    assert not ssh.parse_url("ssh://h").accept_new
-    monkeypatch.setenv(ssh.ACCEPT_NEW_ENV, "1")
-    assert ssh.parse_url("ssh://h").accept_new
+    assert parse_url("ssh://h/~/models/x").dir == "models/x"   # relative to the home
+    assert parse_url("ssh://h").dir is None and parse_url("ssh://h").port is None
+    assert parse_url("ssh://u@[::1]:22/x").host == "::1"
+    assert not parse_url("ssh://h").accept_new
+    monkeypatch.setenv(ACCEPT_NEW_ENV, "1")
+    assert parse_url("ssh://h").accept_new
     for bad in ("ssh://", "ssh://h:99999", "ssh://h:x", "ssh://-oProxyCommand=x/d",
                 "ssh://h?password=1", "ssh://h?identity=/no/such/key", "ssh://h/~"):
         with pytest.raises(UsageError):
-            ssh.parse_url(bad)
-    m = {"model": {"key": "k1"}, "target": "rpi4"}
-    assert ssh.default_dir(m) == "edge_mnv1/k1-rpi4"
+            parse_url(bad)
+    m = Manifest({"model": {"key": "k1"}, "target": "rpi4"})
+    assert default_dir(m) == "edge_mnv1/k1-rpi4"
 
 
 def test_bad_url_is_usage_error(rpi4_artifact):
@@ -134,7 +137,7 @@ def test_bad_url_is_usage_error(rpi4_artifact):
 def test_deploy_then_redeploy_skips_and_paths_are_quoted(pi, rpi4_artifact):
     url = pi.url(WEIRD_DIR)
     first = json.loads(deploy_cli(rpi4_artifact, url, check=True).stdout)
-    size = sum((rpi4_artifact / f).stat().st_size for f in ssh.DEPLOY_FILES)
+    size = sum((rpi4_artifact / f).stat().st_size for f in DEPLOY_FILES)
     assert first["uploaded"] == ["program", "manifest.json"] and first["skipped"] == []
     assert first["bytes"] == size and first["emulated"] and first["remote_arch"] == "x86_64"
     manifest = json.loads((rpi4_artifact / "manifest.json").read_text())
@@ -162,7 +165,7 @@ def test_interrupted_upload_never_replaces_the_program(pi, rpi4_artifact, monkey
     deploy_cli(rpi4_artifact, url, check=True)
     program = pi.home / "atomic" / "program"
     before = _sha(program)
-    conn = ssh.SshConnection(ssh.parse_url(url))
+    conn = SshConnection(parse_url(url))
     try:
         real_run = conn.run
 
@@ -171,7 +174,8 @@ def test_interrupted_upload_never_replaces_the_program(pi, rpi4_artifact, monkey
         monkeypatch.setattr(conn, "run", cut_short)
         new = b"\x7fELF" + os.urandom(200_000)
         with pytest.raises(DeviceError, match="arrived corrupted"):
-            ssh.upload(conn, "atomic", "program", new, 0o755)
+            upload(conn, "atomic",
+                   DeployFile("program", new, hashlib.sha256(new).hexdigest(), 0o755))
     finally:
         conn.close()
     assert _sha(program) == before
@@ -243,7 +247,7 @@ def test_emulate_verb_prints_how_to_reach_it_and_stops_on_ctrl_c():
         assert info["url"].startswith(f"ssh://{info['user']}@127.0.0.1:{info['port']}")
         assert Path(info["known_hosts"]).read_text().strip() == info["known_hosts_line"]
         assert f"Port {info['port']}" in info["ssh_config"]
-        conn = ssh.SshConnection(ssh.parse_url(info["url"]))
+        conn = SshConnection(parse_url(info["url"]))
         try:
             out = conn.run("uname -m; pwd").stdout.decode().split()
         finally:
@@ -313,19 +317,19 @@ def test_connection_refused(rpi4_artifact, pi):
 def test_dropped_connection_mid_session_then_a_rerun_completes(pi, rpi4_artifact):
     url = pi.url("drop")
     x = np.zeros((1, 3, 64, 64), np.float32)
-    with open_device(url, rpi4_artifact, timeout=30, retries=0) as dev:
+    with open_device(url, Artifact.load(rpi4_artifact), timeout=30, retries=0) as dev:
         y = dev.client.infer(x)
         assert pi.drop_connections() >= 1
         with pytest.raises(DeviceError, match="ssh connection dropped.*rerun"):
             dev.client.infer(x)
-    with open_device(url, rpi4_artifact, timeout=30, retries=0) as dev:
+    with open_device(url, Artifact.load(rpi4_artifact), timeout=30, retries=0) as dev:
         assert dev.client.infer(x).tobytes() == y.tobytes()
 
 
 def test_remote_program_killed(pi, rpi4_artifact):
     url = pi.url("killed")
     x = np.zeros((1, 3, 64, 64), np.float32)
-    with open_device(url, rpi4_artifact, timeout=30, retries=0) as dev:
+    with open_device(url, Artifact.load(rpi4_artifact), timeout=30, retries=0) as dev:
         dev.client.infer(x)
         victims = [p for p in pi.sessions() if "./program" in p.cmdline()]
         assert len(victims) == 1

@@ -71,10 +71,8 @@ def test_sigkill_then_resume_loses_no_trial(tiny_onnx, tuning_root):
     art = tuning_root / "art"
     tuned = cli_json("compile", tiny_onnx, "--target", "host", "-o", art)
     assert tuned["tuning_applied"] >= 1
-    # The host compiles channels-last; tuned kernels may take their weights prepacked into
-    # their own blocked layout at compile time: still exact against ONNX Runtime.
-    layout = json.loads((art / "manifest.json").read_text())["layout"]
-    assert layout["activations"] == "NHWC" and layout["prepack_weights"] is True
+    # Tuned kernels may take their weights prepacked into a blocked layout of their own
+    # (test_compiler checks that the committed records do): still exact against ONNX Runtime.
     # Untrained weights give large logits (ONNX Runtime and PyTorch differ by 1.4e-4 on
     # them): judged relative to their size, not by the fixed absolute threshold.
     p = run_parity(art)

@@ -204,13 +204,3 @@ class Artifact:
 
     def __repr__(self) -> str:
         return f"Artifact({str(self.path)!r}, target={self.manifest.target_name!r})"
-
-
-def load_manifest(artifact: str | Path, verify: bool = True) -> dict:
-    """TRANSITIONAL (removed once every caller takes an Artifact): the manifest as a dict."""
-    return Artifact.load(artifact, verify).manifest.data
-
-
-def verify_files(artifact: Path, manifest: dict) -> None:
-    """TRANSITIONAL (removed once every caller takes an Artifact)."""
-    Artifact(Path(artifact), Manifest(manifest)).verify_files()

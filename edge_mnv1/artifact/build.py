@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from edge_mnv1.errors import UsageError
+from edge_mnv1.errors import ToolError, UsageError
 from edge_mnv1.artifact.target import Target
 
 from edge_mnv1.paths import REPO, RUNTIME_DIR
@@ -54,7 +54,7 @@ def build_program(target: Target, artifact: Path, build_dir: Path | None = None,
     if sanitize:
         sanitize = check_sanitize(target, sanitize)
     if not shutil.which("cmake"):
-        raise UsageError("cmake is not installed; run ./scripts/setup.sh")
+        raise ToolError("cmake is not installed; run ./scripts/setup.sh")
     artifact = Path(artifact).resolve()
     build_dir = Path(build_dir or artifact / "build").resolve()
     if build_dir.exists():
@@ -66,6 +66,6 @@ def build_program(target: Target, artifact: Path, build_dir: Path | None = None,
     for cmd in (configure, ["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)]):
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
-            raise UsageError(f"building the device program failed ({' '.join(cmd[:2])} ...):\n"
-                             f"{(r.stdout + r.stderr)[-3000:]}")
+            raise ToolError(f"building the device program failed ({' '.join(cmd[:2])} ...):\n"
+                            f"{(r.stdout + r.stderr)[-3000:]}")
     return out_dir / ("firmware.elf" if target.is_mcu else "program")

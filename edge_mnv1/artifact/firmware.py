@@ -1,7 +1,8 @@
 """The MCU side of an artifact, generated from the target file: the linker script (from
 the target's memory regions), the board configuration header (clock, UART, what a tick is)
-and a copy of the board's support file. CMake (edge_mnv1/runtime/mcu/firmware.cmake) builds
-the firmware from these; nothing here imports TVM.
+and a copy of the board's support file. CMake
+(edge_mnv1/runtime/platform/mcu/firmware.cmake) builds the firmware from these; nothing here
+imports TVM.
 
     ARTIFACT/mcu/firmware.ld          MEMORY from [memory]; sections placed by `use`
     ARTIFACT/mcu/em_board_config.h    EM_CPU_HZ, EM_UART_BASE, EM_TICK_UNIT, ...
@@ -16,7 +17,7 @@ import shutil
 from fractions import Fraction
 from pathlib import Path
 
-from edge_mnv1.errors import UsageError
+from edge_mnv1.errors import ToolError, UsageError
 from edge_mnv1.artifact.target import TARGETS_DIR, Target
 
 USES = ("code", "weights", "arena", "data", "stack")
@@ -162,8 +163,8 @@ def _copy_c_kernel_headers(include: Path) -> None:
         for rel in headers:
             src = root / rel if root else None
             if src is None or not src.is_file():
-                raise UsageError(f"the C kernels need {package}'s header tvm/{rel}, which is not "
-                                 "installed; run ./scripts/setup.sh")
+                raise ToolError(f"the C kernels need {package}'s header tvm/{rel}, which is not "
+                                "installed; run ./scripts/setup.sh")
             dst = include / "tvm" / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dst)

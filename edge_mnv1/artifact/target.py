@@ -96,12 +96,6 @@ class Target:
         tc = self.build.get("toolchain")
         return (TARGETS_DIR / tc) if tc else None
 
-    def region_for(self, use: str) -> tuple[str, dict] | None:
-        for name, region in self.memory.items():
-            if use in region["use"]:
-                return name, region
-        return None
-
 
 def _check(table: dict, schema: dict, where: str, path: Path) -> None:
     for key in table:

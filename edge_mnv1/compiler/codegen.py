@@ -9,7 +9,7 @@ from pathlib import Path
 import tvm
 from tvm import tirx
 
-from edge_mnv1.errors import UsageError
+from edge_mnv1.errors import ToolError
 
 _WS_LLVM = re.compile(r"call ptr %\w+\(i32 \d+, i32 %?\w+, i64 (\d+), i32 \d+, i32 \d+\)")
 _WS_C = re.compile(r"TVMBackendAllocWorkspace\(\s*\d+,\s*[\w()]+,\s*\(uint64_t\)\s*(\d+)")
@@ -37,7 +37,7 @@ def build(kmod: tvm.IRModule, tvm_target, emit: str, out_dir: Path, disable_asse
             else:
                 ex = tvm.compile(kmod, target=tvm_target)
     except Exception as e:
-        raise UsageError(f"TVM could not build the kernels for {tvm_target}: "
+        raise ToolError(f"TVM could not build the kernels for {tvm_target}: "
                          f"{type(e).__name__}: {str(e)[:300]}") from None
     rt = ex.mod
     if emit == "c":

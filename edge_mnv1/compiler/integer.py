@@ -1,5 +1,5 @@
-"""The integer model (edge_mnv1.quant) as integer Relax: the QDQ graph rewritten into
-uint8 x int8 -> int32 convolutions with the requantization of docs/int8.md after each.
+"""The integer model (edge_mnv1.quant.integer_model) as integer Relax: the QDQ graph rewritten
+into uint8 x int8 -> int32 convolutions with the requantization of docs/int8.md after each.
 
 TVM 0.27's ONNX importer would compute a QDQ model in fp32 (fake quantization), so the
 integer graph is built here from the same `IntegerModel` the reference runs: both perform
@@ -13,7 +13,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from edge_mnv1.quant.quantize import IntegerModel, Layer
+from edge_mnv1.quant.integer_model import IntegerModel, Layer
 
 
 def _const(a: np.ndarray) -> relax.Constant:

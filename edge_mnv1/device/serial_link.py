@@ -11,12 +11,12 @@ The protocol client (device/protocol.py) owns timeouts and retries; this is the 
 
 from __future__ import annotations
 
-import subprocess
+import contextlib
 import time
-from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from edge_mnv1.errors import DeviceError, UsageError
+from edge_mnv1.artifact.artifact import Artifact
 from edge_mnv1.device.transport import Transport
 
 DEFAULT_BAUD = 115200
@@ -125,66 +125,6 @@ class SerialTransport(Transport):
             pass
 
 
-def open(url: str, artifact, manifest: dict, target, stack) -> Transport:  # noqa: A001
-    """connect.open_device's hook for serial://, socket:// and rfc2217:// devices."""
-    baud = int((target.board or {}).get("baud", DEFAULT_BAUD)) if target is not None else DEFAULT_BAUD
-    return SerialTransport(url, baud=baud)
-
-
-def deploy(url: str, artifact, manifest: dict, target, flash: bool = False,
-           verify: bool = True) -> dict:
-    """Puts the artifact's firmware on the board behind `url`.
-
-    A board started by `edge-mnv1 emulate` on this machine is restarted with the new image.
-    A real board is flashed with the target's board.flash_command (printed; run with
-    flash=True), then its hello is checked against the artifact."""
-    from edge_mnv1.emulators import qemu_mcu
-
-    artifact = Path(artifact)
-    if manifest.get("target_kind") != "mcu":
-        raise UsageError(f"{artifact} is a Linux program for {manifest['target']}; a serial "
-                         "device runs MCU firmware (compile for an MCU target)")
-    elf = artifact / "firmware.elf"
-    if not elf.is_file():
-        raise UsageError(f"{artifact}: no firmware.elf; run `edge-mnv1 compile` without --no-build")
-    emulated = qemu_mcu.running_emulator(url)
-    if emulated is not None:
-        return qemu_mcu.deploy_to_emulator(url, artifact, manifest, target)
-    command = [str(a).replace("{image}", str(elf.resolve()))
-               for a in (target.board or {}).get("flash_command", [])]
-    if not command:
-        raise UsageError(f"target {target.name} names no board.flash_command; flash "
-                         f"{elf} with your board's tool, then use --device {url}")
-    shown = " ".join(_quote(a) for a in command)
-    result = {"device": url, "image": str(elf), "command": command, "flashed": False,
-              "verified": False}
-    if not flash:
-        result["text"] = (f"flash the board with:\n  {shown}\n(or run this command again with "
-                          "--flash), then talk to it with --device " + url)
-        return result
-    try:
-        r = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    except FileNotFoundError:
-        raise UsageError(f"{command[0]} is not installed; install it or flash {elf} another "
-                         "way") from None
-    if r.returncode != 0:
-        raise DeviceError(f"flashing failed ({shown} exited {r.returncode}):\n"
-                          f"{(r.stdout + r.stderr)[-2000:]}")
-    result["flashed"] = True
-    text = f"flashed {elf} with: {shown}"
-    if verify:
-        from edge_mnv1.device.connect import open_device
-
-        time.sleep(1.0)  # the board resets and runs its self-test
-        with open_device(url, artifact, manifest, timeout=60.0) as dev:
-            result["hello"] = dev.hello
-            result["verified"] = True
-            text += f"\n{url}: runs {dev.hello.get('model')} for {dev.hello.get('target')}"
-    result["text"] = text
-    return result
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
+def open(url: str, art: Artifact, stack: contextlib.ExitStack) -> Transport:  # noqa: A001
+    """The byte pipe of serial://, socket:// and rfc2217:// devices, at the target's baud."""
+    return SerialTransport(url, baud=int((art.target.board or {}).get("baud", DEFAULT_BAUD)))

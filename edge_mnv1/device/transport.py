@@ -6,7 +6,7 @@ import os
 import select
 import subprocess
 
-from edge_mnv1.errors import DeviceError
+from edge_mnv1.errors import DeviceError, ToolError
 
 
 class Transport:
@@ -40,7 +40,7 @@ class ProcessTransport(Transport):
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, env=env, cwd=cwd, bufsize=0)
         except FileNotFoundError as e:
-            raise DeviceError(f"cannot start {argv[0]!r} ({e}); run ./scripts/setup.sh") from None
+            raise ToolError(f"cannot start {argv[0]!r} ({e}); run ./scripts/setup.sh") from None
         os.set_blocking(self.proc.stdout.fileno(), False)
         os.set_blocking(self.proc.stderr.fileno(), False)
         self.stderr_tail = b""

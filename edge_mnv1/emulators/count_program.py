@@ -14,7 +14,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from edge_mnv1.errors import DeviceError, UsageError
+from edge_mnv1.errors import DeviceError, ToolError
+from edge_mnv1.artifact.artifact import Artifact
 from edge_mnv1.artifact.target import Target
 from edge_mnv1.emulators import icount
 
@@ -85,29 +86,26 @@ def note(qemu: list[str]) -> str:
     return HOW.format(qemu=" ".join(qemu))
 
 
-def artifact_counts(artifact: str | Path, manifest: dict, calls: bool = False,
-                    workers: int = 1) -> dict | None:
+def artifact_counts(art: Artifact, calls: bool = False, workers: int = 1) -> dict | None:
     """bench/profile keys for an artifact whose program runs under a user-mode QEMU:
     `instructions_per_inference`, `instructions_per_mac`, `instructions_note` (and with
     calls=True `instructions_per_call`, one count per kernel call); `instructions_error`
     when counting failed; None for targets that cannot be counted (host, MCU)."""
-    from edge_mnv1.artifact.target import load_target
-
-    if manifest.get("target_kind") == "mcu":
+    if art.manifest.is_mcu:
         return None
-    qemu = counting_emulator(load_target(manifest["target"]))
-    program = Path(artifact) / "program"
+    qemu = counting_emulator(art.target)
+    program = art.path / "program"
     if qemu is None or not program.is_file():
         return None
-    macs = manifest.get("total_macs") or 0
+    macs = art.manifest.total_macs
     try:
         n = per_inference(program, qemu, parallel=workers > 1)
         out = {"instructions_per_inference": n,
                "instructions_per_mac": n / macs if macs else None,
                "instructions_note": note(qemu)}
         if calls:
-            out["instructions_per_call"] = per_call(program, len(manifest.get("kernels") or []),
-                                                    qemu, workers=workers)
+            out["instructions_per_call"] = per_call(program, len(art.manifest.kernels), qemu,
+                                                    workers=workers)
         return out
-    except (DeviceError, UsageError) as e:
+    except (DeviceError, ToolError) as e:
         return {"instructions_error": str(e)}

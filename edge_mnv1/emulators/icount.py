@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from edge_mnv1.errors import DeviceError, UsageError
+from edge_mnv1.errors import DeviceError, ToolError
 
 PLUGIN_SOURCE = Path(__file__).resolve().parent / "icount_plugin.c"
 DEFAULT_QEMU = ["qemu-aarch64", "-cpu", "cortex-a72"]
@@ -39,7 +39,7 @@ def plugin_path() -> Path:
         return out
     gcc = shutil.which("gcc")
     if not gcc:
-        raise UsageError("gcc is not installed (it builds the QEMU instruction-count plugin); "
+        raise ToolError("gcc is not installed (it builds the QEMU instruction-count plugin); "
                          "run ./scripts/setup.sh")
     out.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the final name and rename: a concurrent build never sees half a file.
@@ -49,7 +49,7 @@ def plugin_path() -> Path:
         r = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-o", tmp, str(PLUGIN_SOURCE)],
                            capture_output=True, text=True)
         if r.returncode != 0:
-            raise UsageError(f"building the QEMU plugin {PLUGIN_SOURCE.name} failed:\n"
+            raise ToolError(f"building the QEMU plugin {PLUGIN_SOURCE.name} failed:\n"
                              f"{r.stderr[-2000:]}")
         os.replace(tmp, out)
     finally:
@@ -66,7 +66,7 @@ def count(argv: list[str], *, qemu: list[str] | None = None, env: dict | None = 
     (non-zero exit) raises DeviceError with its output."""
     qemu = list(qemu or DEFAULT_QEMU)
     if not shutil.which(qemu[0]):
-        raise UsageError(f"{qemu[0]} is not installed; run ./scripts/setup.sh")
+        raise ToolError(f"{qemu[0]} is not installed; run ./scripts/setup.sh")
     plugin = plugin_path()
     with tempfile.TemporaryDirectory(prefix="em-icount-") as tmp:
         out = Path(tmp) / "count"

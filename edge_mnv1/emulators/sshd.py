@@ -6,7 +6,7 @@ key, authorized_keys and known_hosts in a private state directory (mode 700), an
 login its own home directory inside it (SetEnv HOME, and a ForceCommand starts there), so the
 default deploy directory ~/edge_mnv1/... never touches the real home. The remote machine is
 this x86_64 machine: `uname -m` says so, honestly, and the ssh transport runs the aarch64
-program under qemu-aarch64 there (device/ssh.py `plan`), reporting the device as emulated.
+program under qemu-aarch64 there (edge_mnv1.device.ssh_upload `plan`), reporting the device as emulated.
 
 Root or not: as root sshd needs /run/sshd (created here if missing) and the `sshd` user of
 the openssh-server package, and logs in root with a key (PermitRootLogin prohibit-password);
@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edge_mnv1.errors import DeviceError, UsageError
+from edge_mnv1.errors import DeviceError, ToolError, UsageError
 
 SSHD = "/usr/sbin/sshd"
 
@@ -57,7 +57,7 @@ def _keygen(path: Path, comment: str) -> None:
     r = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
                         "-f", str(path)], capture_output=True, text=True, timeout=30)
     if r.returncode:
-        raise DeviceError(f"ssh-keygen failed: {r.stderr.strip()}; install openssh-client")
+        raise ToolError(f"ssh-keygen failed: {r.stderr.strip()}; install openssh-client")
 
 
 class SshServer:
@@ -155,12 +155,12 @@ class SshServer:
 
     def start(self, timeout: float = 15.0) -> "SshServer":
         if not os.path.exists(SSHD):
-            raise DeviceError(f"no {SSHD}; install openssh-server (./scripts/setup.sh does)")
+            raise ToolError(f"no {SSHD}; install openssh-server (./scripts/setup.sh does)")
         if os.geteuid() == 0:
             try:
                 pwd.getpwnam("sshd")
             except KeyError:
-                raise DeviceError("sshd as root needs the 'sshd' privilege separation user; "
+                raise ToolError("sshd as root needs the 'sshd' privilege separation user; "
                                   "reinstall openssh-server") from None
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"edge_mnv1-{self.name}-",

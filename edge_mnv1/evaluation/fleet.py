@@ -1,4 +1,4 @@
-"""Several devices at once: one thread per device, each result kept, one failure stops none.
+"""Several devices at once: one thread per device, each outcome kept, one failure stops none.
 
 Devices come from repeated `--device URL` and from `--devices FILE` (one URL per line, `#`
 starts a comment). A command run over a fleet reports
@@ -8,8 +8,11 @@ starts a comment). A command run over a fleet reports
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 from edge_mnv1 import log
@@ -19,6 +22,21 @@ from edge_mnv1.errors import EdgeError, UsageError
 # overlap, or each measures the other.
 THIS_MACHINE = threading.Lock()
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+@dataclass
+class Outcome:
+    """One device's part of a command: its result as reported (url, device, passed, ...;
+    for a failure the partial result the exception carried, with error, error_type and
+    exit_code) and the exception itself, which a one-device command re-raises."""
+
+    url: str
+    result: dict
+    exception: Exception | None = None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.result.get("passed"))
 
 
 def read_devices_file(path) -> list[str]:
@@ -57,18 +75,20 @@ def on_this_machine(url: str) -> bool:
         return False
 
 
-def run_fleet(urls: list[str], fn, max_workers: int | None = None) -> list[dict]:
-    """fn(url) -> result dict, for every URL in parallel threads; results in URL order.
+def timed_section(url: str):
+    """The lock a device's timed section holds: this machine's, when its program runs here."""
+    return THIS_MACHINE if on_this_machine(url) else contextlib.nullcontext()
 
-    An exception becomes that device's entry: the partial result the exception carries
-    (`e.result`, if any) with passed False, error, exit_code, and the exception itself under
-    "_exception" (for a single-device command to re-raise; never serialised)."""
-    def one(url):
+
+def run_fleet(urls: list[str], fn: Callable[[str], dict],
+              max_workers: int | None = None) -> list[Outcome]:
+    """fn(url) -> result dict, for every URL in parallel threads; outcomes in URL order.
+
+    An exception becomes that device's outcome: the partial result the exception carries
+    (`e.result`, if any) with passed False, error, error_type and exit_code."""
+    def one(url: str) -> Outcome:
         try:
             result = dict(fn(url))
-            result.setdefault("device", url)
-            result["url"] = url
-            return result
         except KeyboardInterrupt:
             raise
         except Exception as e:  # noqa: BLE001 - every device's failure is reported, not fatal
@@ -76,11 +96,13 @@ def run_fleet(urls: list[str], fn, max_workers: int | None = None) -> list[dict]
             entry = dict(partial) if isinstance(partial, dict) else {}
             entry.update({"url": url, "device": url, "passed": False, "error": str(e),
                           "error_type": type(e).__name__,
-                          "exit_code": e.exit_code if isinstance(e, EdgeError) else 1,
-                          "_exception": e})
+                          "exit_code": e.exit_code if isinstance(e, EdgeError) else 1})
             if len(urls) > 1:
                 log.info(f"fleet: {url}: {type(e).__name__}: {e}")
-            return entry
+            return Outcome(url, entry, e)
+        result.setdefault("device", url)
+        result["url"] = url
+        return Outcome(url, result)
 
     if len(urls) == 1:
         return [one(urls[0])]
@@ -89,24 +111,31 @@ def run_fleet(urls: list[str], fn, max_workers: int | None = None) -> list[dict]
         return list(pool.map(one, urls))
 
 
-def combine(results: list[dict]) -> dict:
-    devices = [{k: v for k, v in r.items() if k not in ("text", "_exception")} for r in results]
+def combine(outcomes: list[Outcome]) -> dict:
+    """The fleet's result: every device's result (without its text) and who passed."""
+    devices = [{k: v for k, v in o.result.items() if k != "text"} for o in outcomes]
     return {"devices": devices, "passed": bool(devices) and all(d.get("passed") for d in devices),
             "passed_devices": [d["url"] for d in devices if d.get("passed")],
             "failed_devices": [d["url"] for d in devices if not d.get("passed")]}
 
 
-def summary_line(results: list[dict]) -> str:
-    ok = [r["url"] for r in results if r.get("passed")]
-    bad = [r["url"] for r in results if not r.get("passed")]
-    return (f"fleet: {len(ok)} of {len(results)} devices passed"
+def summary_line(outcomes: list[Outcome]) -> str:
+    ok = [o.url for o in outcomes if o.passed]
+    bad = [o.url for o in outcomes if not o.passed]
+    return (f"fleet: {len(ok)} of {len(outcomes)} devices passed"
             + (f"; failed: {', '.join(bad)}" if bad else ""))
 
 
-def pop_single(results: list[dict]) -> dict:
-    """A one-device command's result: re-raises that device's exception, if it had one."""
-    r = results[0]
-    exc = r.pop("_exception", None)
-    if exc is not None:
-        raise exc
-    return r
+def command_result(outcomes: list[Outcome], separator: str = "\n\n") -> dict:
+    """What a command over these devices returns, each device's result holding its "text":
+    one device, its own result (its exception re-raised, if it had one); several, the
+    fleet's combined result, their texts one after the other and the fleet's summary line."""
+    if len(outcomes) == 1:
+        only = outcomes[0]
+        if only.exception is not None:
+            raise only.exception
+        return only.result
+    combined = combine(outcomes)
+    combined["text"] = separator.join([*(o.result.get("text", "") for o in outcomes),
+                                       summary_line(outcomes)])
+    return combined

@@ -1,5 +1,5 @@
 """Fuzzing the device side: the C runtime's frame parser and request handler
-(runtime/em_protocol.c) as a libFuzzer target (runtime/fuzz/), linked with a real compiled
+(runtime/core/em_protocol.c) as a libFuzzer target (runtime/fuzz/), linked with a real compiled
 model so that INFER, BENCH, PROFILE and SELFTEST run real kernels; its seed corpus of valid and
 error-provoking frames; a run for a given time or number of inputs, and what libFuzzer saw.
 
@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_mnv1 import log
+from edge_mnv1.artifact.artifact import Artifact, Manifest
 from edge_mnv1.device import protocol as P
-from edge_mnv1.errors import UsageError
+from edge_mnv1.errors import ToolError, UsageError
 from edge_mnv1.paths import REPO, RUNTIME_DIR
 
 CLANG = "clang-14"
@@ -51,37 +52,32 @@ def env() -> dict:
 
 # ---- the model and the target ----------------------------------------------------------
 
-def ensure_artifact(work: Path) -> Path:
+def ensure_artifact(work: Path) -> Artifact:
     """The work directory's artifact, compiled (untuned, for host) unless it is there intact."""
-    from edge_mnv1.artifact.artifact import load_manifest
-
     art = work / "artifact"
     try:
-        load_manifest(art)
-        return art
+        return Artifact.load(art)
     except UsageError:
         pass
-    from edge_mnv1.compiler.driver import compile_artifact, finish_manifest
     from edge_mnv1.artifact.target import load_target
-
-    log.info(f"fuzz: compiling MobileNetV1 0.25 at {FUZZ_SIDE}x{FUZZ_SIDE} for host into {art}")
+    from edge_mnv1.compiler.driver import compile_artifact, finish_manifest
     from edge_mnv1.onnxio.export import export_random
 
+    log.info(f"fuzz: compiling MobileNetV1 0.25 at {FUZZ_SIDE}x{FUZZ_SIDE} for host into {art}")
     onnx_path = export_random(work / "model.onnx", FUZZ_SIDE)
     if art.exists():
         shutil.rmtree(art)
-    compile_artifact(onnx_path, load_target("host"), art, use_records=False)
-    finish_manifest(art)
-    return art
+    finish_manifest(compile_artifact(onnx_path, load_target("host"), art, use_records=False))
+    return Artifact.load(art)
 
 
 def build_target(artifact: Path, build_dir: Path) -> Path:
     """Configures (once) and builds the libFuzzer target; returns its path."""
     if not shutil.which(CLANG):
-        raise UsageError(f"{CLANG} is not installed (libFuzzer needs clang and its runtime "
-                         "libraries); run ./scripts/setup.sh")
+        raise ToolError(f"{CLANG} is not installed (libFuzzer needs clang and its runtime "
+                        "libraries); run ./scripts/setup.sh")
     if not shutil.which("cmake"):
-        raise UsageError("cmake is not installed; run ./scripts/setup.sh")
+        raise ToolError("cmake is not installed; run ./scripts/setup.sh")
     build_dir = Path(build_dir).resolve()
     artifact = Path(artifact).resolve()
     cache = build_dir / "CMakeCache.txt"
@@ -98,8 +94,8 @@ def build_target(artifact: Path, build_dir: Path) -> Path:
     for cmd in cmds:
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
-            raise UsageError(f"building the fuzz target failed ({' '.join(cmd[:2])} ...):\n"
-                             f"{(r.stdout + r.stderr)[-3000:]}")
+            raise ToolError(f"building the fuzz target failed ({' '.join(cmd[:2])} ...):\n"
+                            f"{(r.stdout + r.stderr)[-3000:]}")
     return build_dir / "fuzz_protocol"
 
 
@@ -148,16 +144,12 @@ def seed_frames(input_bytes: int, max_payload: int) -> dict[str, bytes]:
     return {**valid, **errors, "session": session}
 
 
-def write_seeds(seeds_dir: Path, manifest: dict) -> int:
+def write_seeds(seeds_dir: Path, manifest: Manifest) -> int:
     seeds_dir.mkdir(parents=True, exist_ok=True)
-    frames = seed_frames(tensor_bytes(manifest["input"]), manifest["memory"]["frame_buffer_bytes"])
+    frames = seed_frames(manifest.input.nbytes, manifest.memory["frame_buffer_bytes"])
     for name, data in frames.items():
         (seeds_dir / name).write_bytes(data)
     return len(frames)
-
-
-def tensor_bytes(t: dict) -> int:
-    return int(np.prod(t["shape"])) * np.dtype(t["dtype"]).itemsize
 
 
 # ---- running libFuzzer -----------------------------------------------------------------
@@ -202,17 +194,14 @@ def crash_files(crash_dir: Path) -> list[Path]:
     return sorted(p for p in crash_dir.iterdir() if p.name.startswith(CRASH_PREFIXES))
 
 
-def prepare(work: Path) -> tuple[Path, Path, dict]:
-    """Artifact, target and seeds in `work`: (target, seeds_dir, manifest)."""
-    from edge_mnv1.artifact.artifact import load_manifest
-
+def prepare(work: Path) -> tuple[Path, Path, Manifest]:
+    """Artifact, target and seeds in `work`: (target, seeds_dir, the artifact's manifest)."""
     work.mkdir(parents=True, exist_ok=True)
     art = ensure_artifact(work)
-    manifest = load_manifest(art)
-    target = build_target(art, work / "build")
+    target = build_target(art.path, work / "build")
     seeds = work / "seeds"
-    write_seeds(seeds, manifest)
-    return target, seeds, manifest
+    write_seeds(seeds, art.manifest)
+    return target, seeds, art.manifest
 
 
 def fuzz(work: Path, seconds: float | None = None, runs: int | None = None,
@@ -227,7 +216,7 @@ def fuzz(work: Path, seconds: float | None = None, runs: int | None = None,
     corpus.mkdir(exist_ok=True)
     crash_dir.mkdir(exist_ok=True)
     before = set(crash_files(crash_dir))
-    max_len = 2 * (manifest["memory"]["frame_buffer_bytes"] + 20) + 64
+    max_len = 2 * (manifest.memory["frame_buffer_bytes"] + 20) + 64
     argv = [str(target), f"-timeout={TIMEOUT_S}", f"-rss_limit_mb={RSS_LIMIT_MB}",
             f"-max_len={max_len}", f"-seed={seed}", "-print_final_stats=1",
             f"-artifact_prefix={crash_dir}/", "-use_value_profile=1"]
@@ -251,8 +240,8 @@ def fuzz(work: Path, seconds: float | None = None, runs: int | None = None,
     new = [str(p) for p in crash_files(crash_dir) if p not in before]
     passed = r.returncode == 0 and not new
     report = {"passed": passed, "exit_code": r.returncode, **stats, "crashes": new,
-              "model": manifest["model"]["key"], "input_bytes": tensor_bytes(manifest["input"]),
-              "max_payload": manifest["memory"]["frame_buffer_bytes"], "target": str(target),
+              "model": manifest.model_key, "input_bytes": manifest.input.nbytes,
+              "max_payload": manifest.memory["frame_buffer_bytes"], "target": str(target),
               "corpus_dir": str(corpus), "jobs": jobs,
               "log": [str(p) for p in logs] if jobs > 1 else str(log_path)}
     eps = stats.get("exec_per_s")

@@ -48,7 +48,7 @@ def _mkdir(d: Path) -> Path:
 def write(report_dir, body: dict, text: str) -> Path:
     """report.json and summary.txt in `report_dir` (created)."""
     d = _mkdir(Path(report_dir))
-    body = {k: v for k, v in body.items() if k not in ("text", "_exception")}
+    body = {k: v for k, v in body.items() if k != "text"}
     _replace(d / "report.json", json.dumps(_clean(body), indent=2, default=_jsonable) + "\n")
     _replace(d / "summary.txt", text.rstrip() + "\n")
     return d / "report.json"

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from edge_mnv1 import log
-from edge_mnv1.artifact.artifact import load_manifest
-from edge_mnv1.device.connect import open_device, scheme_of
+from edge_mnv1.artifact.artifact import Artifact, TensorSpec
+from edge_mnv1.device.connect import open_device
 from edge_mnv1.device.faults import FaultSpec, FaultyTransport
 from edge_mnv1.device.protocol import ERROR_NAMES, RemoteError
+from edge_mnv1.device.registry import scheme_of
 from edge_mnv1.errors import CheckFailed, DeviceError, UsageError
 
 FRAME_OVERHEAD = 20  # header 16 + payload CRC 4
@@ -32,14 +33,14 @@ MAX_CONSECUTIVE_FAILURES = 200  # nothing gets through: stop and say so
 MIN_TIMEOUT = 0.1  # s per attempt at least; a reply later than that is still taken if it comes
 
 
-def make_inputs(manifest: dict, count: int, seed: int) -> list[np.ndarray]:
-    """`count` distinct seeded inputs of the model's shape and dtype."""
-    shape, dtype = manifest["input"]["shape"], np.dtype(manifest["input"]["dtype"])
+def make_inputs(spec: TensorSpec, count: int, seed: int) -> list[np.ndarray]:
+    """`count` distinct seeded inputs of the model's input shape and dtype."""
+    dtype = np.dtype(spec.dtype)
     rng = np.random.default_rng(seed)
     if dtype.kind == "f":
-        return [rng.standard_normal(shape).astype(dtype) for _ in range(count)]
+        return [rng.standard_normal(spec.shape).astype(dtype) for _ in range(count)]
     info = np.iinfo(dtype)
-    return [rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    return [rng.integers(info.min, info.max, spec.shape, endpoint=True).astype(dtype)
             for _ in range(count)]
 
 
@@ -61,45 +62,49 @@ def soak(artifact: str | Path, url: str, requests: int, faults: FaultSpec, *,
         raise UsageError(f"--device {url!r}: give the soak a clean device URL and the faults "
                          "with --faults (the soak needs the clean link for the reference)")
     scheme_of(url)
-    artifact = Path(artifact)
-    manifest = load_manifest(artifact)
-    xs = make_inputs(manifest, inputs, seed)
-    in_bytes, out_bytes = (int(np.prod(manifest[k]["shape"])) * np.dtype(manifest[k]["dtype"]).itemsize
-                           for k in ("input", "output"))
-    arithmetic = link_arithmetic(faults, in_bytes + FRAME_OVERHEAD, out_bytes + FRAME_OVERHEAD)
-    with open_device(url, artifact, manifest, timeout=120.0, retries=2) as dev:
+    art = Artifact.load(artifact)
+    xs = make_inputs(art.manifest.input, inputs, seed)
+    arithmetic = link_arithmetic(faults, art.manifest.input.nbytes + FRAME_OVERHEAD,
+                                 art.manifest.output.nbytes + FRAME_OVERHEAD)
+    with open_device(url, art, timeout=120.0, retries=2) as dev:
         client = dev.client
         reference, latency = _clean_reference(client, xs, url)
         attempt_timeout = timeout or max(MIN_TIMEOUT, 5 * latency)
-        link = FaultyTransport(client.transport, faults)
-        client.transport, client.timeout, client.retries = link, attempt_timeout, retries
-        client.verbose = False
+        link = dev.inject_faults(faults)  # the same connection, from now on through faults
+        client.timeout, client.retries, client.verbose = attempt_timeout, retries, False
         log.info(f"soak: {requests} requests to {url} through faults {faults}; "
                  f"{attempt_timeout:.3g} s per attempt, {retries} retries; a clean attempt has "
                  f"p={arithmetic['p_attempt_clean']:.3g}")
         run = _faulty_run(client, link, xs, reference, requests, progress,
                           hopeless=arithmetic["p_attempt_clean"] < 0.05)
         link.enabled = False
-        client.retries = max(client.retries, 3)
-        device_ok, device_error = True, None
-        try:
-            client.check_not_reset()
-        except DeviceError as e:
-            device_ok, device_error = False, str(e)
+        device_error = _reset_error(client)
     detected = {"corrupt_replies": client.corrupt_replies, "bad_frames": client.decoder.bad_frames,
                 "rejected_by_device": client.rejected_requests, "timeouts": client.timeouts,
                 "retries": client.retried}
     result = {
-        "artifact": str(artifact), "device": url, "faults": faults.to_dict(),
+        "artifact": str(art.path), "device": url, "faults": faults.to_dict(),
         "faults_spec": str(faults), "requests": requests, "distinct_inputs": inputs,
         "attempt_timeout_s": round(attempt_timeout, 4), "retries_allowed": retries,
         "link": arithmetic, **run, "detected": detected,
-        "injected": link.counts(), "device_ok": device_ok, "device_error": device_error,
+        "injected": link.counts(), "device_ok": device_error is None,
+        "device_error": device_error,
     }
     result["passed"] = (result["wrong_accepted"] == 0 and result["accepted_without_intact_request"] == 0
-                        and device_ok and not result["aborted"])
+                        and device_error is None and not result["aborted"])
     result["text"] = _text(result)
     return result
+
+
+def _reset_error(client) -> str | None:
+    """Over the clean link again: why the device is not the one the run started with (it
+    reset, or does not answer), or None."""
+    client.retries = max(client.retries, 3)
+    try:
+        client.check_not_reset()
+    except DeviceError as e:
+        return str(e)
+    return None
 
 
 def _clean_reference(client, xs, url) -> tuple[list[bytes], float]:

@@ -9,33 +9,13 @@ bias additions not counted.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import onnx
 
 from edge_mnv1.errors import UsageError
+from edge_mnv1.onnxio.model_file import load_onnx
 
 COUNTED_OPS = ("Conv", "Gemm", "MatMul")
-
-
-def load_onnx(path) -> onnx.ModelProto:
-    """Load and structurally check an ONNX file; UsageError naming the file if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file; create one with `edge-mnv1 export CKPT -o "
-                         f"{path.name if path.suffix == '.onnx' else 'MODEL.onnx'}`")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-        # Arbitrary bytes can parse as a protobuf with unknown fields; the checker refuses it.
-        if not model.graph.node:
-            raise ValueError("the graph has no nodes")
-        onnx.checker.check_model(model)
-    except Exception as e:  # protobuf DecodeError, onnx ValidationError, ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UsageError(f"{path}: not a valid ONNX model ({first}); the file may be "
-                         "truncated or of another kind: re-export it with `edge-mnv1 export`") \
-            from None
-    return model
 
 
 def _shapes(model: onnx.ModelProto) -> tuple[dict, dict]:

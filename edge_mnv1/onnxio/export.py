@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-import json
 import os
 import warnings
 from contextlib import redirect_stdout
@@ -21,12 +20,13 @@ from edge_mnv1.model import checkpoint, data
 from edge_mnv1.model.data import Preprocessing
 from edge_mnv1.errors import CheckFailed, UsageError
 from edge_mnv1.model.network import ConvBNReLU, ModelConfig
-from edge_mnv1.onnxio.cost import load_onnx
+from edge_mnv1.onnxio.model_file import (METADATA_PREFIX, load_onnx, model_metadata,
+                                         ort_session, save_onnx, write_metadata)
 
-CONFIG_KEY = "edge_mnv1.config"
-PREPROCESSING_KEY = "edge_mnv1.preprocessing"
-CHECKPOINT_KEY = "edge_mnv1.checkpoint"  # {"path" (relative to the ONNX file), "sha256"}
-FORMAT_KEY = "edge_mnv1.format_version"
+# What export records in the model's metadata (model_file adds the `edge_mnv1.` prefix).
+CONFIG, PREPROCESSING = "config", "preprocessing"
+CHECKPOINT = "checkpoint"  # {"path" (relative to the ONNX file), "sha256"}
+FORMAT = "format_version"
 FORMAT_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 DEFAULT_OPSET = 17
@@ -93,45 +93,27 @@ def to_onnx(model, config: ModelConfig, pp: Preprocessing, out, batch=1,
             raise UsageError(f"--opset {opset}: the exporter failed ({e}); use --opset "
                              f"{DEFAULT_OPSET}") from None
     proto = onnx.load_from_string(buf.getvalue())
-    meta = [(CONFIG_KEY, config.to_json()), (PREPROCESSING_KEY, pp.to_json()),
-            (FORMAT_KEY, str(FORMAT_VERSION))]
+    meta = {CONFIG: config.to_json(), PREPROCESSING: pp.to_json(), FORMAT: str(FORMAT_VERSION)}
     if source is not None:
         rel = os.path.relpath(Path(source).resolve(), out.resolve().parent)
         sha = hashlib.sha256(Path(source).read_bytes()).hexdigest()
-        meta.append((CHECKPOINT_KEY, json.dumps({"path": rel, "sha256": sha})))
-    for key, value in meta:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+        meta[CHECKPOINT] = {"path": rel, "sha256": sha}
+    write_metadata(proto, meta)
     proto.producer_name = "edge_mnv1"
-    tmp = out.with_name(out.name + ".tmp")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, out)
-    return out
+    return save_onnx(proto, out)
 
 
 def read_model_config(onnx_path) -> tuple[ModelConfig, Preprocessing]:
     """The model config and preprocessing `edge-mnv1 export` recorded in an ONNX file."""
-    proto = load_onnx(onnx_path)
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if CONFIG_KEY not in meta or PREPROCESSING_KEY not in meta:
-        raise UsageError(f"{onnx_path}: no {CONFIG_KEY} metadata (not written by "
+    meta = model_metadata(load_onnx(onnx_path))
+    if CONFIG not in meta or PREPROCESSING not in meta:
+        raise UsageError(f"{onnx_path}: no {METADATA_PREFIX}{CONFIG} metadata (not written by "
                          "`edge-mnv1 export`); export the checkpoint with "
                          "`edge-mnv1 export CKPT -o MODEL.onnx`")
     try:
-        return (ModelConfig.from_json(meta[CONFIG_KEY]),
-                Preprocessing.from_json(meta[PREPROCESSING_KEY]))
+        return (ModelConfig.from_dict(meta[CONFIG]), Preprocessing.from_dict(meta[PREPROCESSING]))
     except UsageError as e:
         raise UsageError(f"{onnx_path}: bad edge_mnv1 metadata ({e}); re-export it") from None
-
-
-def ort_session(onnx_path, threads: int = 2):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
 
 def check(onnx_path, model, config: ModelConfig, pp: Preprocessing, batch) -> dict:
@@ -139,8 +121,8 @@ def check(onnx_path, model, config: ModelConfig, pp: Preprocessing, batch) -> di
     (unfolded) PyTorch model on real digits inputs."""
     import torch
 
-    proto = onnx.load(str(onnx_path))
-    onnx.checker.check_model(proto, full_check=True)
+    proto = load_onnx(onnx_path)
+    onnx.checker.check_model(proto, full_check=True)  # shape inference too
     bn = [n.name for n in proto.graph.node if n.op_type == "BatchNormalization"]
     if bn:
         raise CheckFailed(f"{onnx_path}: BatchNormalization left in the graph ({bn[:3]})")
@@ -176,7 +158,7 @@ def export(ckpt, out, batch=1, opset: int = DEFAULT_OPSET) -> dict:
     result = dict(path=str(path), checkpoint=str(ckpt), opset=opset, batch=batch,
                   config=config.to_dict(), preprocessing=pp.to_dict(),
                   file_bytes=path.stat().st_size)
-    proto = onnx.load(str(path))
+    proto = load_onnx(path)
     result["weight_bytes"] = sum(numpy_helper.to_array(t).nbytes
                                  for t in proto.graph.initializer)
     result.update(check(path, model, config, pp, batch))

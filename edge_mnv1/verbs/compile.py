@@ -39,33 +39,41 @@ def run(args) -> dict:
         if args.no_build:
             raise UsageError("--sanitize applies to the program: drop --no-build")
         args.sanitize = check_sanitize(target, args.sanitize)  # refused before compiling
-    m = compile_artifact(args.model, target, out, use_records=not args.untuned,
-                         emit_kind=args.emit)
-    report = budget.check(target, out, m)  # refuses (exit 1) before building if it cannot fit
+    art = compile_artifact(args.model, target, out, use_records=not args.untuned,
+                           emit_kind=args.emit)
+    report = budget.check(art)  # refuses (exit 1) before building if it cannot fit
     program = None
     if not args.no_build:
         log.info(f"compile: building the device program with CMake for {target.name}")
         program = build_program(target, out, sanitize=args.sanitize or "")
-        report = budget.check(target, out, m, program)
-    m = finish_manifest(out, {"compile_seconds": round(time.time() - t0, 1), "budget": report,
-                              "sanitize": args.sanitize or None})
-    mem = m["memory"]
-    text = (f"artifact {out} for {target.name}: {len(m['kernels'])} kernel calls, "
-            f"{m['total_macs'] / 1e6:.2f}M MACs\n"
+        report = budget.check(art, program)
+    finish_manifest(art, {"compile_seconds": round(time.time() - t0, 1), "budget": report,
+                          "sanitize": args.sanitize or None})
+    return _result(art, program)
+
+
+def _result(art, program: Path | None) -> dict:
+    """The verb's result and text, from the finished manifest."""
+    from edge_mnv1.artifact.budget import describe
+
+    m = art.manifest
+    mem, report, sanitize = m.memory, m["budget"], m["sanitize"]
+    text = (f"artifact {art.path} for {m.target_name}: {len(m.kernels)} kernel calls, "
+            f"{m.total_macs / 1e6:.2f}M MACs\n"
             f"  arena {mem['arena_bytes']:,} B (liveness bound {mem['liveness_lower_bound']:,} B, "
             f"sum of all tensors {mem['sum_of_activations']:,} B), workspace "
             f"{mem['workspace_bytes_per_thread']:,} B x {mem['workspace_threads']}, weights "
             f"{mem['weight_bytes']:,} B\n"
-            f"  tuning records applied to {len(m['tuning']['applied'])} kernels, "
-            f"{len(m['tuning']['untuned'])} untuned\n"
-            + (budget.describe(report) + "\n" if report else "")
+            f"  tuning records applied to {len(m.tuning['applied'])} kernels, "
+            f"{len(m.tuning['untuned'])} untuned\n"
+            + (describe(report) + "\n" if report else "")
             + (f"  program: {program}" if program else "  (not built: --no-build)")
-            + (f" (sanitizers: {args.sanitize}; for tests, not for timing)" if args.sanitize
-               else ""))
-    return {"artifact": str(out), "target": target.name, "program": str(program) if program else None,
+            + (f" (sanitizers: {sanitize}; for tests, not for timing)" if sanitize else ""))
+    return {"artifact": str(art.path), "target": m.target_name,
+            "program": str(program) if program else None,
             "arena_bytes": mem["arena_bytes"], "liveness_lower_bound": mem["liveness_lower_bound"],
             "weight_bytes": mem["weight_bytes"], "workspace_bytes": mem["workspace_bytes_per_thread"],
-            "kernels": len(m["kernels"]), "macs": m["total_macs"],
-            "tuning_applied": len(m["tuning"]["applied"]), "budget": report,
-            "compile_seconds": m["compile_seconds"], "sanitize": args.sanitize or None,
+            "kernels": len(m.kernels), "macs": m.total_macs,
+            "tuning_applied": len(m.tuning["applied"]), "budget": report,
+            "compile_seconds": m["compile_seconds"], "sanitize": sanitize,
             "text": text}

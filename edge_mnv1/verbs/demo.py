@@ -10,7 +10,8 @@ from pathlib import Path
 
 from edge_mnv1.model import checkpoint, data
 from edge_mnv1.errors import EdgeError
-from edge_mnv1.onnxio.export import export, ort_session
+from edge_mnv1.onnxio.export import export
+from edge_mnv1.onnxio.model_file import ort_session
 from edge_mnv1.log import info
 from edge_mnv1.model.network import ModelConfig, cost_summary
 from edge_mnv1.onnxio.cost import graph_costs

@@ -3,8 +3,9 @@
 Starts the target's emulated device and serves until interrupted (Ctrl-C, SIGTERM):
 - a Linux board (rpi4): a real OpenSSH sshd on 127.0.0.1 with its own host key and user key;
   prints its ssh:// URL, the known_hosts line, the identity file and an ssh_config snippet.
-- an MCU board: QEMU (edge_mnv1.emulators.qemu_mcu.emulate); it needs --artifact DIR, the
-  firmware to boot.
+- an MCU board: QEMU with its UART on socket://127.0.0.1:P (edge_mnv1.emulators.mcu_server),
+  booting --artifact DIR's firmware; `edge-mnv1 deploy DIR --device socket://...` restarts it
+  with another image.
 """
 
 from __future__ import annotations
@@ -45,6 +46,19 @@ def _serve_until_interrupted(server) -> None:
             signal.signal(s, h)
 
 
+def _firmware(target, artifact: str | None):
+    """The firmware.elf of --artifact DIR, compiled for this MCU target (None without one)."""
+    from edge_mnv1.artifact.artifact import Artifact
+
+    if artifact is None:
+        return None
+    art = Artifact.load(artifact)
+    if art.manifest.target_name != target.name:
+        raise UsageError(f"{artifact} is firmware for {art.manifest.target_name}, not "
+                         f"{target.name}; compile it with --target {target.name}")
+    return art.firmware
+
+
 def run(args) -> dict:
     from edge_mnv1.artifact.target import load_target
 
@@ -52,8 +66,8 @@ def run(args) -> dict:
     if not 0 <= args.port < 65536:
         raise UsageError(f"--port {args.port}: give a TCP port from 1 to 65535 (or 0 for any)")
     if target.is_mcu:
-        from edge_mnv1.emulators import qemu_mcu
-        return qemu_mcu.emulate(target, args.port or None, args.artifact)
+        from edge_mnv1.emulators import mcu_server
+        return mcu_server.emulate(target, args.port or None, _firmware(target, args.artifact))
     if args.artifact:
         log.info("emulate: --artifact is for MCU boards; deploy to this one with "
                  "`edge-mnv1 deploy DIR --device URL`")

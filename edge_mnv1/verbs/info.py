@@ -6,7 +6,8 @@ from pathlib import Path
 from edge_mnv1.errors import UsageError
 from edge_mnv1.onnxio.export import read_model_config
 from edge_mnv1.model.network import ModelConfig, cost_summary
-from edge_mnv1.onnxio.cost import graph_costs, load_onnx
+from edge_mnv1.onnxio.cost import graph_costs
+from edge_mnv1.onnxio.model_file import load_onnx
 
 HELP = "MACs and parameters per layer, from the configuration or from an exported ONNX model"
 DEFAULTS = dict(alpha=1.0, resolution=224, classes=1000)  # the paper's baseline network
@@ -24,8 +25,10 @@ def add_arguments(p):
 
 def run(args) -> dict:
     if args.model is not None and Path(args.model).is_dir():  # an artifact: its memory budget
-        from edge_mnv1.artifact.mcu_budget import artifact_budget
-        return artifact_budget(args.model)
+        from edge_mnv1.artifact.artifact import Artifact
+        from edge_mnv1.artifact.budget import artifact_budget
+
+        return artifact_budget(Artifact.load(args.model))
     if args.model is not None:
         given = [f"--{k.replace('_', '-')}" for k in ("alpha", "resolution", "classes",
                                                       "standard_conv") if getattr(args, k)]

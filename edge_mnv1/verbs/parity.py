@@ -32,7 +32,7 @@ def add_arguments(p):
     p.add_argument("--reference", choices=("pytorch", "onnxruntime", "integer"),
                    help="judge by this reference (default: PyTorch when the checkpoint is "
                         "known, else ONNX Runtime). integer: the exact integer reference of an "
-                        "int8 model (edge_mnv1/quantize.py); the device must match it exactly")
+                        "int8 model (edge_mnv1/quant/); the device must match it exactly")
     p.add_argument("--max-abs-error", type=float, metavar="X",
                    help="largest allowed |device - reference| (default: 1e-4 for float32 "
                         "outputs; int8: 0 against the integer reference, only reported "

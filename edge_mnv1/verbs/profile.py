@@ -18,7 +18,7 @@ def add_arguments(p):
 
 
 def run(args) -> dict:
-    from edge_mnv1.evaluation.bench import profile
+    from edge_mnv1.evaluation.profile import profile
 
     return profile(args.artifact, args.device, runs=args.runs, report_dir=args.report,
                    count=not args.no_count)

@@ -19,22 +19,24 @@ def add_arguments(p):
 def run(args) -> dict:
     from pathlib import Path
 
-    from edge_mnv1.quant import quantize
-    from edge_mnv1.compiler.frontend import load_onnx, model_metadata
+    from edge_mnv1.errors import UsageError
+    from edge_mnv1.onnxio.model_file import is_qdq, load_onnx, model_metadata
+    from edge_mnv1.quant import calibrate, qdq
+    from edge_mnv1.quant.evaluate import evaluate
+    from edge_mnv1.quant.fixedpoint import SCHEME
 
-    model = load_onnx(args.model)
-    if quantize.is_quantized(model):
-        from edge_mnv1.errors import UsageError
+    model = load_onnx(args.model, one_input_output=True)
+    if is_qdq(model):
         raise UsageError(f"{args.model} is already quantized; quantize the float model")
     meta = model_metadata(model)
-    calib = quantize.calibration_inputs(args.calib, model, meta, args.calib_limit)
-    qmodel = quantize.quantize_model(args.model, calib, args.output, args.calib)
-    int_model = quantize.from_onnx(qmodel)
+    calib = calibrate.calibration_inputs(args.calib, model, meta, args.calib_limit)
+    qmodel = calibrate.quantize_model(args.model, calib, args.output, args.calib)
+    int_model = qdq.from_onnx(qmodel)
     r = {"path": str(Path(args.output)), "calibration_images": int(len(calib)),
-         "calibration_set": args.calib, "scheme": quantize.SCHEME,
+         "calibration_set": args.calib, "scheme": SCHEME,
          "input": int_model.input_q.to_dict(), "output": int_model.output_q.to_dict(),
          "integer_layers": len(int_model.layers)}
-    r.update(quantize.evaluate(args.model, int_model, meta, args.eval))
+    r.update(evaluate(args.model, int_model, meta, args.eval))
     acc = (f"accuracy fp32 {r['accuracy_fp32']:.2%}, int8 {r['accuracy_int8']:.2%}, "
            if r["accuracy_fp32"] is not None else "")
     r["text"] = (f"{r['path']}: int8 QDQ, calibrated on {r['calibration_images']} images of "

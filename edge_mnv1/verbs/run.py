@@ -27,10 +27,11 @@ def load_npy(path: str) -> np.ndarray:
 
 
 def run(args) -> dict:
+    from edge_mnv1.artifact.artifact import Artifact
     from edge_mnv1.device.connect import open_device
 
     x = load_npy(args.input)
-    with open_device(args.device, args.artifact) as dev:
+    with open_device(args.device, Artifact.load(args.artifact)) as dev:
         y = dev.client.infer(x)
     np.save(args.output, y)
     top1 = int(np.argmax(y.reshape(-1)))
