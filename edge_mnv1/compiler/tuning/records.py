@@ -1,8 +1,13 @@
 """Where tuning records live: compile/tuning/<cpu key>/<model key>/, committed to git.
 
-The CPU key names the exact CPU the records were measured on (see target.py); the model
-key names the model's structure (alpha, resolution, classes, dtype), not its weights, since
-a record is a schedule for a kernel's shapes and holds for any trained weights.
+The CPU key names the exact CPU the records were measured on (compiler/tvm_target.py); the
+model key names the model's structure (alpha, resolution, classes, dtype), not its weights,
+since a record is a schedule for a kernel's shapes and holds for any trained weights.
+
+Records travel: a record is a schedule, correct on any CPU with the vector features it was
+compiled for. `find` looks for the exact CPU first, then for any CPU of the same ISA class
+(the same target and vector extension, e.g. `host-*-avx512`); how fast a transferred record
+is on this CPU is a separate question (compiler/tuning/transfer.py measures it).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge_mnv1 import log
@@ -40,6 +46,41 @@ def records_dir(cpu_key: str, key: str, root: Path | None = None) -> Path:
 
 def has_records(path: Path) -> bool:
     return (path / RECORDS).is_file() and (path / RECORDS).stat().st_size > 0
+
+
+@dataclass(frozen=True)
+class Found:
+    """Which records a compile uses: `dir` holds them (for match "none", where this CPU's
+    would go), `cpu_key` is the CPU they were measured on."""
+
+    dir: Path
+    cpu_key: str
+    match: str  # "exact", "isa-class" or "none"
+
+
+def isa_class(cpu_key: str) -> str:
+    """`host-znver4-avx512` -> `host-*-avx512`: the target and the vector extension, not the
+    CPU model. Keys of fixed-CPU boards (`rpi4-cortex-a72`) are their own class."""
+    parts = cpu_key.split("-")
+    if len(parts) >= 3 and parts[0] == "host":
+        return f"{parts[0]}-*-{parts[-1]}"
+    return cpu_key
+
+
+def find(cpu_key: str, key: str, root: Path | None = None) -> Found:
+    """This CPU's records for the model, else those of another CPU of its ISA class (the one
+    with the most trials on record), else none."""
+    exact = records_dir(cpu_key, key, root)
+    if has_records(exact):
+        return Found(exact, cpu_key, "exact")
+    cls = isa_class(cpu_key)
+    base = exact.parent.parent
+    others = [d for d in sorted(base.iterdir()) if d.is_dir() and d.name != cpu_key
+              and isa_class(d.name) == cls and has_records(d / key)] if base.is_dir() else []
+    if cls != cpu_key and others:
+        best = max(others, key=lambda d: (d / key / RECORDS).read_bytes().count(b"\n"))
+        return Found(best / key, best.name, "isa-class")
+    return Found(exact, cpu_key, "none")
 
 
 def whole_lines(data: bytes) -> tuple[bytes, int]:

@@ -13,8 +13,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,9 +31,10 @@ from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 from tvm.ir.utils import derived_object
 
 from edge_mnv1 import log
-from edge_mnv1.errors import UsageError
+from edge_mnv1.errors import ToolError, UsageError
 from edge_mnv1.artifact.target import Target
 from edge_mnv1.compiler import frontend, lowering
+from edge_mnv1.onnxio.model_file import load_onnx, model_metadata
 from edge_mnv1.compiler.tuning import records
 from edge_mnv1.compiler.tvm_target import resolve
 
@@ -81,9 +86,19 @@ class InProcessBuilder(PyBuilder):
 class Progress(PyMeasureCallback):
     """Progress bar with the best estimated latency; stops cleanly when time is up."""
 
-    def __init__(self, bar, weights, deadline, best):
+    def __init__(self, bar, weights, deadline, best, status: Path):
         super().__init__()
         self.bar, self.weights, self.deadline, self.best = bar, weights, deadline, best
+        self.status = status
+
+    def estimate_ms(self) -> float:
+        return round(sum(self.weights[t] * s for t, s in self.best.items()) * 1e3, 4)
+
+    def write_status(self, stopped: str) -> None:
+        """What the parent reports: the child's best estimate so far and why it stopped."""
+        tmp = self.status.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"best_estimate_ms": self.estimate_ms(), "stopped": stopped}))
+        os.replace(tmp, self.status)
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
         for r in runner_results:
@@ -92,9 +107,9 @@ class Progress(PyMeasureCallback):
                 if secs < self.best.get(task_id, float("inf")):
                     self.best[task_id] = secs
         self.bar.update(len(runner_results))
-        covered = len(self.best)
-        est = sum(self.weights[t] * s for t, s in self.best.items()) * 1e3
-        self.bar.set_postfix_str(f"best est. {est:.3f} ms over {covered}/{len(self.weights)} kernels")
+        self.bar.set_postfix_str(f"best est. {self.estimate_ms():.3f} ms over "
+                                 f"{len(self.best)}/{len(self.weights)} kernels")
+        self.write_status("trials")
         if time.time() > self.deadline:
             raise TuningTimeUp()
 
@@ -138,15 +153,9 @@ def _host_port(s: str, flag: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
-         rpc: str | None = None, tracker: str | None = None, key: str | None = None,
-         tuning_root: Path | None = None, seed: int = 0, measure: str | None = None) -> dict:
-    from tqdm import tqdm
-
-    model_path = Path(model_path)
-    model = frontend.load_onnx(model_path)
-    meta = frontend.model_metadata(model)
-    shape = frontend.input_shape(model)
+def _plan(model_path: Path, target: Target, rpc, tracker, measure):
+    """Checks what can be measured where; returns (model, resolved target, measure)."""
+    model = load_onnx(model_path, one_input_output=True)
     resolved = resolve(target)
     if resolved.triple.startswith(("thumb", "arm")) and not (rpc or tracker):
         raise UsageError(f"{target.name}: MCU kernels cannot be measured on this machine; "
@@ -160,6 +169,17 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
         raise UsageError(f"{target.name} is an aarch64 board: measure on it through TVM's RPC "
                          "server (--rpc HOST:PORT), a tracker (--tracker HOST:PORT --key K), "
                          "or count instructions under qemu-aarch64 (--measure icount)")
+    return model, resolved, measure
+
+
+def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
+         rpc: str | None = None, tracker: str | None = None, key: str | None = None,
+         tuning_root: Path | None = None, seed: int = 0, measure: str | None = None) -> dict:
+    t0 = time.time()  # the budget covers the whole command, TVM's own set-up included
+    model_path = Path(model_path)
+    model, resolved, measure = _plan(model_path, target, rpc, tracker, measure)
+    meta = model_metadata(model)
+    shape = frontend.input_shape(model)
     # The runner's worker processes inherit this: TVM would otherwise use one thread here.
     threads = target.threads if target.threads > 0 else len(os.sched_getaffinity(0))
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
@@ -182,41 +202,133 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
     result = {"records_dir": str(rec_dir), "cpu_key": resolved.cpu_key, "model_key": key_name,
               "measure": measure,
               "tasks": len(tasks), "trials_before": done, "trials_budget": trials}
-    t0 = time.time()
-    stopped = "trials"
     if remaining > 0:
-        db = records.open_database(rec_dir)
-        ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            tasks, work_dir=str(rec_dir / "logs"), space="post-order-apply",
-            strategy="evolutionary", num_threads=threads, seed=seed)
-        if measure == "icount":  # instructions under qemu-aarch64, not seconds (icount_runner.py)
-            from edge_mnv1.compiler.tuning.icount_runner import IcountRunner, export_object
-
-            builder, runner = InProcessBuilder(export_object), IcountRunner(target)
-        else:
-            builder = InProcessBuilder(_export_for(resolved.triple))
-            runner = _runner(rpc, tracker, key, threads)
-        best: dict = {}
-        deadline = t0 + minutes * 60
-        with tqdm(total=remaining, desc="tune", unit="trial", file=__import__("sys").stderr) as bar:
-            callbacks = ms.measure_callback.MeasureCallback.create("default") + \
-                [Progress(bar, [float(w) for w in weights], deadline, best)]
-            try:
-                ms.tune.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(rec_dir / "logs"),
-                                   max_trials_global=remaining, num_trials_per_iter=TRIALS_PER_ITER,
-                                   builder=builder, runner=runner, database=db,
-                                   measure_callbacks=callbacks)
-            except Exception as e:
-                # Through tvm-ffi the callback's TuningTimeUp may arrive as a bare RuntimeError.
-                if "TuningTimeUp" not in f"{type(e).__name__} {e}" and time.time() <= deadline:
-                    raise
-                stopped = "time"
-            finally:
-                if measure == "icount":
-                    runner.close()
-        shutil.rmtree(rec_dir / "logs", ignore_errors=True)
-        result["best_estimate_ms"] = round(sum(float(weights[t]) * s for t, s in best.items()) * 1e3, 4)
+        session = _Session(target, resolved, measure, rpc, tracker, key, threads)
+        stopped, best_ms = session.run(tasks, rec_dir, remaining, t0 + minutes * 60, seed)
+        result["best_estimate_ms"] = best_ms
     result["trials_after"] = records.repair_database(rec_dir)
     result["stopped_by"] = stopped if remaining > 0 else "already done"
     result["seconds"] = round(time.time() - t0, 1)
     return result
+
+
+class _Session:
+    """One tuning run: builder, runner, progress, and a deadline kept to the second."""
+
+    def __init__(self, target, resolved, measure, rpc, tracker, key, threads):
+        self.target, self.resolved, self.measure, self.threads = target, resolved, measure, threads
+        self.rpc, self.tracker, self.key = rpc, tracker, key
+        self.runner = None
+
+    def _make_builder_and_runner(self):
+        """Made in the search child: the runner's worker pool must belong to it."""
+        if self.measure == "icount":  # instructions under qemu-aarch64, not seconds (icount_runner.py)
+            from edge_mnv1.compiler.tuning.icount_runner import IcountRunner, export_object
+
+            self.runner = IcountRunner(self.target)
+            return InProcessBuilder(export_object), self.runner
+        self.runner = _runner(self.rpc, self.tracker, self.key, self.threads)
+        return InProcessBuilder(_export_for(self.resolved.triple)), self.runner
+
+    def run(self, tasks, rec_dir: Path, trials: int, deadline: float, seed: int):
+        """Tunes until `trials` are measured or the deadline passes; returns (why it stopped,
+        best estimated latency in ms).
+
+        The search runs in a forked child that is killed at the deadline: a search round of
+        the evolutionary search takes 20-30 s in C++ before any callback looks at the clock,
+        and an exception raised into it aborts the process; MetaSchedule's set-up (a minute
+        of CPU parsing its tensor intrinsics) happens in the child too, inside the budget. Killing the child is safe by
+        design: every measured trial is on record as it is measured, a cut last line is
+        dropped by `records.repair_database`."""
+        status = rec_dir / "tune-status.json"
+        status.unlink(missing_ok=True)
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            _die_with_parent()
+            code = 0
+            try:
+                self._search(tasks, rec_dir, trials, deadline, seed, status)
+            except BaseException:  # noqa: BLE001 - reported, then the child exits
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            finally:
+                self._close_runner()
+                sys.stderr.flush()
+            os._exit(code)
+        stopped = _wait_or_kill(pid, deadline)
+        best = json.loads(status.read_text()) if status.is_file() else {}
+        status.unlink(missing_ok=True)
+        shutil.rmtree(rec_dir / "logs", ignore_errors=True)
+        return stopped or best.get("stopped", "trials"), best.get("best_estimate_ms", 0.0)
+
+    def _search(self, tasks, rec_dir: Path, trials: int, deadline: float, seed: int,
+                status: Path) -> None:
+        from tqdm import tqdm
+
+        builder, runner = self._make_builder_and_runner()
+        db = records.open_database(rec_dir)
+        ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, work_dir=str(rec_dir / "logs"), space="post-order-apply",
+            strategy="evolutionary", num_threads=self.threads, seed=seed)
+        progress = None
+        with tqdm(total=trials, desc="tune", unit="trial", file=sys.stderr) as bar:
+            progress = Progress(bar, [float(w) for w in weights], deadline, {}, status)
+            callbacks = ms.measure_callback.MeasureCallback.create("default") + [progress]
+            try:
+                ms.tune.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(rec_dir / "logs"),
+                                   max_trials_global=trials, num_trials_per_iter=TRIALS_PER_ITER,
+                                   builder=builder, runner=runner, database=db,
+                                   measure_callbacks=callbacks)
+            except Exception as e:
+                # Through tvm-ffi a TuningTimeUp may arrive as a bare RuntimeError.
+                if "TuningTimeUp" not in f"{type(e).__name__} {e}" and time.time() <= deadline:
+                    raise
+                progress.write_status("time")
+
+    def _close_runner(self) -> None:
+        """Stops the runner's worker processes: a run stopped mid-round must not leave
+        TVM's popen workers (0.5 GB each) behind."""
+        if self.runner is None:
+            return
+        if self.measure == "icount":
+            self.runner.close()
+        pool = getattr(self.runner, "pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+
+def _die_with_parent() -> None:
+    """A killed `tune` (Ctrl-C, kill -9) must not leave its search appending to the records."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _wait_or_kill(pid: int, deadline: float) -> str | None:
+    """Waits for the search child; kills it at the deadline (returns "time" then). A Ctrl-C
+    or SIGTERM here takes the child with it."""
+    try:
+        while True:
+            done, code = os.waitpid(pid, os.WNOHANG)
+            if done:
+                if os.WIFSIGNALED(code) or os.WEXITSTATUS(code) != 0:
+                    how = (f"signal {os.WTERMSIG(code)}" if os.WIFSIGNALED(code)
+                           else f"exit {os.WEXITSTATUS(code)}")
+                    raise ToolError(f"tune: the search stopped with {how} (its error is above); "
+                                    "the trials measured so far are on record: rerun to go on")
+                return None
+            if time.time() >= deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return "time"
+            time.sleep(0.2)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        raise
