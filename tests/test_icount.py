@@ -129,6 +129,11 @@ def test_bench_and_profile_report_instructions(rpi4_art, capsys):
     assert a["instructions_per_mac"] == pytest.approx(a["instructions_per_inference"] / macs)
     text = bench.summary_text(a, Artifact.load(rpi4_art).manifest)
     assert "per multiply-add" in text and "not a time" in text
+    # ONNX Runtime's own aarch64 build, counted the same way on the same model, beside it
+    assert a["onnxruntime_instructions_per_inference"] > 0
+    assert a["instructions_vs_onnxruntime"] == pytest.approx(
+        a["instructions_per_inference"] / a["onnxruntime_instructions_per_inference"], rel=1e-3)
+    assert "edge_mnv1 / ONNX Runtime" in text
     assert a["emulated"] is True  # the count does not make the timing the board's
     code, p, _ = run_cli(capsys, "profile", rpi4_art, "--runs", 1)
     assert code == 0, p

@@ -1,93 +1,206 @@
 """`edge-mnv1 compile`: ONNX -> fused, scheduled kernels -> a self-contained artifact.
 
-The stages, each in its own module: frontend (import) -> lowering (fuse, apply records,
-default schedules) -> graph (the flat program) -> memory (static plan) -> codegen (kernels)
--> emit (model.c, blobs, headers) -> manifest. Building the device program from the artifact
-is CMake's job (edge_mnv1/program.py)."""
+Named stages, each returning a small value: import (`Source`) -> lower (`Lowered`: fuse,
+apply tuning records, default schedules) -> codegen (`Kernels`) -> plan memory
+(`MemoryPlan`) -> golden data (`Golden`) -> emit (model.c, blobs, headers) -> the manifest,
+built from those values in one place. Building the device program from the artifact is
+CMake's job (artifact/build.py); `finish_manifest` then records every file's sha256."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
-import time
 import types
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from edge_mnv1 import log
 from edge_mnv1.errors import UsageError
 from edge_mnv1.hashing import sha256_file
 from edge_mnv1.versions import ARTIFACT_FORMAT_VERSION, PROTOCOL_VERSION
+from edge_mnv1.artifact.artifact import Artifact, Manifest
+from edge_mnv1.artifact.firmware import write_firmware_files
 from edge_mnv1.artifact.target import Target
 from edge_mnv1.compiler import codegen, emit, frontend, graph, lowering, memory
-from edge_mnv1.compiler.tuning import records
-from edge_mnv1.compiler.tvm_target import resolve
+from edge_mnv1.compiler.tuning import records, transfer
+from edge_mnv1.compiler.tvm_target import ResolvedTarget, resolve
+from edge_mnv1.onnxio.model_file import load_onnx, model_metadata, ort_session
 
 
+@dataclass(frozen=True)
+class Source:
+    """The model as imported: its file, ONNX graph, metadata and Relax module."""
 
-def _golden(model_path: Path, meta: dict, shape: list[int], cases: int, int_model=None):
-    """Real digits for the self-test, through the independent reference: ONNX Runtime for a
-    float model, the integer reference (exact, uint8 in and out) for a quantized one."""
-    from edge_mnv1.model import data
+    path: Path
+    onnx: onnx.ModelProto
+    meta: dict
+    shape: list[int]
+    relax: object              # tvm.IRModule
+    dtype: str
+    int_model: object | None   # the integer reference of a quantized (QDQ) model
 
-    pp = data.Preprocessing.from_dict(meta["preprocessing"]) if "preprocessing" in meta \
-        else data.default_preprocessing("digits", shape[-1])
-    cfg = types.SimpleNamespace(resolution=shape[-1])
-    x, _, _ = data.load_dataset("digits", cfg, pp, split="test", limit=cases)
-    x = x.reshape([cases] + shape[1:]).astype(np.float32)
-    if int_model is not None:
-        from edge_mnv1.quant.quantize import quantize_input
+    @property
+    def is_integer(self) -> bool:
+        return self.int_model is not None
 
-        q = quantize_input(x, int_model.input_q.scale, int_model.input_q.zero_point)
-        return q, np.concatenate([int_model.run(q[i:i + 1]) for i in range(cases)])
-    import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    y = np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(cases)])
-    return x, y.astype(np.float32)
+@dataclass(frozen=True)
+class Lowered:
+    """Every kernel scheduled (by a tuning record or by default), and the flat program."""
+
+    module: object             # tvm.IRModule
+    program: graph.Program
+    layout: str
+    prepack: bool
+    prepacked: int             # kernels whose weights records asked for in a blocked layout
+    model_key: str
+    records_dir: Path
+    applied: list[str]
+    untuned: list[str]
+    tuning_source: dict        # which CPU's records applied: exact, its ISA class, or none
+
+
+@dataclass(frozen=True)
+class Kernels:
+    path: Path
+    emit: str                  # "llvm" (object file) or "c"
+    workspace_bytes: int       # per thread, read back from the code
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The manifest's "memory", in its order."""
+
+    arena_bytes: int
+    liveness_lower_bound: int
+    sum_of_activations: int
+    workspace_bytes_per_thread: int
+    workspace_threads: int
+    weight_bytes: int
+    frame_buffer_bytes: int    # the largest request or reply payload
+
+
+@dataclass(frozen=True)
+class Golden:
+    """The self-test's inputs and expected outputs, and how they were computed."""
+
+    inputs: np.ndarray
+    outputs: np.ndarray
+    tolerance: float
+    reference: str             # "integer" or "onnxruntime"
+
+    @property
+    def cases(self) -> int:
+        return len(self.inputs)
 
 
 def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path, *,
                      use_records: bool = True, tuning_root: Path | None = None,
-                     emit_kind: str | None = None) -> dict:
-    t_start = time.time()
-    model_path = Path(model_path)
+                     emit_kind: str | None = None) -> Artifact:
+    """Compiles the model into `out_dir`. The manifest lists no files yet: `finish_manifest`
+    hashes them once the program is built."""
     out_dir = Path(out_dir)
-    model = frontend.load_onnx(model_path)
-    meta = frontend.model_metadata(model)
-    shape = frontend.input_shape(model, batch=1)
     resolved = resolve(target)
-    emit_kind = emit_kind or target.tvm.get("emit", "llvm")
+    source = import_model(Path(model_path), resolved)
+    lowered = lower(source, resolved, use_records, tuning_root)
+    _prepare_output(out_dir)
+    kernels = generate_code(lowered, resolved, emit_kind or target.tvm.get("emit", "llvm"),
+                            out_dir)
+    plan = plan_memory(lowered.program, kernels, target)
+    golden = golden_data(source, cases=1 if target.is_mcu else 3)
+    emit_sources(out_dir, source, lowered, plan, golden, resolved)
+    manifest = Manifest(manifest_data(source, lowered, kernels, plan, golden, resolved))
+    manifest.write(out_dir)
+    return Artifact(out_dir, manifest, target=target)
 
-    log.info(f"compile: importing {model_path} (input {shape}) for {target.name} "
+
+def finish_manifest(artifact: Artifact, extra: dict | None = None) -> Artifact:
+    """Records the sha256 of every file (each hashed once, after the program is built) and
+    `extra` in the manifest."""
+    data = artifact.manifest.data
+    data.update(extra or {})
+    files = {}
+    for p in sorted(artifact.path.rglob("*")):
+        rel = p.relative_to(artifact.path).as_posix()
+        if p.is_file() and rel != "manifest.json" and not rel.startswith("build/"):
+            files[rel] = sha256_file(p)
+    data["files"] = files
+    artifact.manifest.write(artifact.path)
+    return artifact
+
+
+# ---- the stages --------------------------------------------------------------------------
+
+def import_model(path: Path, resolved: ResolvedTarget) -> Source:
+    model = load_onnx(path, one_input_output=True)
+    shape = frontend.input_shape(model, batch=1)
+    log.info(f"compile: importing {path} (input {shape}) for {resolved.target.name} "
              f"({resolved.tvm_target.attrs.get('mcpu', '')})")
-    mod, dtype, int_model = frontend.import_model(model)
-    layout, prepack = lowering.layout_for(target, int_model is not None)
-    fused = lowering.fuse(mod, resolved.tvm_target, fold_constants=int_model is None,
+    relax_mod, dtype, int_model = frontend.import_model(model)
+    return Source(path, model, model_metadata(model), shape, relax_mod, dtype, int_model)
+
+
+def lower(source: Source, resolved: ResolvedTarget, use_records: bool,
+          tuning_root: Path | None) -> Lowered:
+    """Fuse, apply the tuning records for this CPU and model, schedule the rest by default."""
+    layout, prepack = lowering.layout_for(resolved.target, source.is_integer)
+    fused = lowering.fuse(source.relax, resolved.tvm_target, fold_constants=not source.is_integer,
                           layout=layout, prepack=prepack)
     # MACs are read off the graph before records change the weights' layout.
     imported = graph.extract(fused)
-
-    key = records.model_key(meta, shape, dtype, model_path.read_bytes(), layout)
-    rec_dir = records.records_dir(resolved.cpu_key, key, tuning_root)
-    applied: list[str] = []
-    if use_records and records.has_records(rec_dir):
-        fused, applied = lowering.apply_database(fused, resolved.tvm_target,
-                                                 records.open_database(rec_dir))
-        log.info(f"compile: tuning records from {rec_dir} cover {len(applied)} of "
-                 f"{len(lowering.kernels(fused))} kernels")
-        if prepack:
-            fused = lowering.prepack_weights(fused)
-    elif use_records:
-        log.info(f"compile: no tuning records for CPU key {resolved.cpu_key!r} and model "
-                 f"{key!r} (looked in {rec_dir}); compiling untuned. "
-                 f"Run `edge-mnv1 tune {model_path} --target {target.name}` to make them.")
-    scheduled, defaulted = lowering.apply_default_schedules(fused)
+    key = records.model_key(source.meta, source.shape, source.dtype, source.path.read_bytes(),
+                            layout)
+    found = records.find(resolved.cpu_key, key, tuning_root)
+    applied, fell_back = [], []
+    if use_records:
+        fused, applied, fell_back = _apply_records(fused, resolved, found, key, prepack,
+                                                   source.path)
+    scheduled, defaulted = lowering.apply_default_schedules(fused, resolved.tvm_target)
     prog = graph.extract(scheduled)
     prepacked = graph.carry_macs(imported, prog)
+    compiled_shape = list(prog.tensors[prog.input].shape)
+    if compiled_shape != source.shape:
+        raise UsageError(f"compiled input shape {compiled_shape} differs from the model's "
+                         f"{source.shape}")
+    tuning_source = {"cpu_key": found.cpu_key if applied else None,
+                     "match": found.match if applied else "none", "fell_back": fell_back}
+    return Lowered(scheduled, prog, layout, prepack, prepacked, key, found.dir, applied,
+                   defaulted, tuning_source)
 
+
+def _apply_records(fused, resolved: ResolvedTarget, found: records.Found, key: str,
+                   prepack: bool, model_path: Path):
+    """(module, kernels a record covered, kernels whose transferred record lost to the
+    default here); says so when there are no records to apply."""
+    if found.match == "none":
+        log.info(f"compile: no tuning records for CPU key {resolved.cpu_key!r} or its ISA class "
+                 f"and model {key!r} (looked in {found.dir.parent.parent}); default schedules. "
+                 f"Run `edge-mnv1 tune {model_path} --target {resolved.target.name}` to make them.")
+        return fused, [], []
+    tuned, applied = lowering.apply_database(fused, resolved.tvm_target,
+                                             records.open_database(found.dir))
+    origin = "this CPU" if found.match == "exact" else f"{found.cpu_key} (same ISA class)"
+    log.info(f"compile: tuning records of {origin} from {found.dir} cover {len(applied)} of "
+             f"{len(lowering.kernels(tuned))} kernels")
+    fell_back: list[str] = []
+    if found.match == "isa-class" and resolved.runs_here:
+        # Another CPU's tile sizes: keep each record only where it beats the default here.
+        defaults = {name: lowering.default_schedule_for(fused[name], resolved.tvm_target)
+                    for name in applied}
+        verdicts = transfer.compare(tuned, defaults, applied, resolved.tvm_target)
+        fell_back = sorted(v.kernel for v in verdicts if not v.keep_record)
+        tuned = transfer.fall_back(tuned, fused, verdicts)
+        applied = sorted(set(applied) - set(fell_back))
+    return (lowering.prepack_weights(tuned) if prepack else tuned), applied, fell_back
+
+
+def _prepare_output(out_dir: Path) -> None:
+    """An empty `out_dir`; a previous artifact there is replaced, anything else refused."""
     if out_dir.exists():
         if not (out_dir / "manifest.json").exists() and any(out_dir.iterdir()):
             raise UsageError(f"{out_dir}: exists, is not empty and is not an artifact; "
@@ -95,46 +208,101 @@ def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
 
-    kmod = codegen.kernel_module(scheduled)
-    threads = target.threads if target.threads > 0 else _cores()
-    kernel_path, ws_bytes = codegen.build(kmod, resolved.tvm_target, emit_kind, out_dir,
-                                          disable_asserts=target.is_mcu)
-    # The kernels' own argument checks stay on Linux; on an MCU they cost flash.
-    arena_bytes = memory.plan_arena(prog)
-    weight_bytes = memory.plan_weights(prog)
-    lower_bound = memory.liveness_lower_bound(prog)
 
-    cases = 1 if target.is_mcu else 3
-    gx, gy = _golden(model_path, meta, shape, cases, int_model)
-    tolerance = 0.0 if int_model is not None else 1e-4
+def generate_code(lowered: Lowered, resolved: ResolvedTarget, emit_kind: str,
+                  out_dir: Path) -> Kernels:
+    # The kernels' own argument checks stay on Linux; on an MCU they cost flash.
+    path, ws_bytes = codegen.build(codegen.kernel_module(lowered.module), resolved.tvm_target,
+                                   emit_kind, out_dir, disable_asserts=resolved.target.is_mcu)
+    return Kernels(path, emit_kind, ws_bytes)
+
+
+def plan_memory(prog: graph.Program, kernels: Kernels, target: Target) -> MemoryPlan:
+    """Places every tensor (offsets into the arena and the weight blob) and sizes the rest."""
     inp, outp = prog.tensors[prog.input], prog.tensors[prog.output]
-    if list(inp.shape) != shape:
-        raise UsageError(f"compiled input shape {inp.shape} differs from the model's {shape}")
-    max_payload = max(inp.nbytes, outp.nbytes, 8 + 8 * len(prog.calls), 4 + 8 * 256, 1024)
-    hello = {
-        "protocol": PROTOCOL_VERSION, "model": key, "target": target.name,
-        "input": {"shape": list(inp.shape), "dtype": inp.dtype, "bytes": inp.nbytes},
-        "output": {"shape": list(outp.shape), "dtype": outp.dtype, "bytes": outp.nbytes},
-        "arena_bytes": arena_bytes, "weight_bytes": weight_bytes,
-        "workspace_bytes": ws_bytes * (threads if not target.is_mcu else 1),
-        "max_payload": max_payload, "kernels": len(prog.calls),
-    }
-    weights_section = ".rodata.em_weights"
+    # A Linux program's pool gives each thread a workspace; firmware runs on one core.
+    threads = 1 if target.is_mcu else (target.threads if target.threads > 0
+                                       else len(os.sched_getaffinity(0)))
+    return MemoryPlan(
+        arena_bytes=memory.plan_arena(prog),
+        liveness_lower_bound=memory.liveness_lower_bound(prog),
+        sum_of_activations=memory.total_activation_bytes(prog),
+        workspace_bytes_per_thread=kernels.workspace_bytes, workspace_threads=threads,
+        weight_bytes=memory.plan_weights(prog),
+        frame_buffer_bytes=max(inp.nbytes, outp.nbytes, 8 + 8 * len(prog.calls), 4 + 8 * 256,
+                               1024))
+
+
+def golden_data(source: Source, cases: int) -> Golden:
+    """Real digits for the self-test, through the independent reference: ONNX Runtime for a
+    float model, the integer reference (exact, uint8 in and out) for a quantized one."""
+    from edge_mnv1.model import data
+
+    shape, meta = source.shape, source.meta
+    pp = data.Preprocessing.from_dict(meta["preprocessing"]) if "preprocessing" in meta \
+        else data.default_preprocessing("digits", shape[-1])
+    cfg = types.SimpleNamespace(resolution=shape[-1])
+    x, _, _ = data.load_dataset("digits", cfg, pp, split="test", limit=cases)
+    x = x.reshape([cases] + shape[1:]).astype(np.float32)
+    if source.is_integer:
+        from edge_mnv1.quant.fixedpoint import quantize_input
+
+        q_in = source.int_model.input_q
+        q = quantize_input(x, q_in.scale, q_in.zero_point)
+        y = np.concatenate([source.int_model.run(q[i:i + 1]) for i in range(cases)])
+        return Golden(q, y, tolerance=0.0, reference="integer")
+    sess = ort_session(source.path)
+    name = sess.get_inputs()[0].name
+    y = np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(cases)])
+    return Golden(x, y.astype(np.float32), tolerance=1e-4, reference="onnxruntime")
+
+
+def emit_sources(out_dir: Path, source: Source, lowered: Lowered, plan: MemoryPlan,
+                 golden: Golden, resolved: ResolvedTarget) -> None:
+    """model.c, blobs, ABI headers, the model itself and, for an MCU, the firmware files."""
+    target, prog = resolved.target, lowered.program
     emit.copy_abi_headers(out_dir)
     # The model travels with the artifact: the host runner's ONNX Runtime reference.
-    shutil.copy(model_path, out_dir / "model.onnx")
-    emit.write_blobs(out_dir, prog, gx, gy, weights_section)
-    emit.write_model_c(out_dir, prog, arena_bytes=arena_bytes, workspace_bytes=ws_bytes,
-                       workspace_threads=1 if target.is_mcu else threads,
-                       max_payload=max_payload, hello=hello, golden_cases=cases,
-                       golden_tolerance=tolerance, required_features=resolved.required_features,
-                       arena_section=".bss.em_arena" if target.is_mcu else None,
-                       weights_section=weights_section)
+    shutil.copy(source.path, out_dir / "model.onnx")
+    emit.write_blobs(out_dir, prog, golden.inputs, golden.outputs)
+    emit.write_model_c(out_dir, prog, arena_bytes=plan.arena_bytes,
+                       workspace_bytes=plan.workspace_bytes_per_thread,
+                       workspace_threads=plan.workspace_threads,
+                       max_payload=plan.frame_buffer_bytes, hello=_hello(lowered, plan, target),
+                       golden_cases=golden.cases, golden_tolerance=golden.tolerance,
+                       required_features=resolved.required_features,
+                       arena_section=".bss.em_arena" if target.is_mcu else None)
     if target.is_mcu:  # linker script from the target's memory regions, board config header
-        from edge_mnv1.artifact.firmware import write_firmware_files
         write_firmware_files(target, out_dir)
 
-    manifest = {
+
+def _hello(lowered: Lowered, plan: MemoryPlan, target: Target) -> dict:
+    """What the program answers to the protocol's hello."""
+    prog = lowered.program
+    inp, outp = prog.tensors[prog.input], prog.tensors[prog.output]
+    return {
+        "protocol": PROTOCOL_VERSION, "model": lowered.model_key, "target": target.name,
+        "input": {"shape": list(inp.shape), "dtype": inp.dtype, "bytes": inp.nbytes},
+        "output": {"shape": list(outp.shape), "dtype": outp.dtype, "bytes": outp.nbytes},
+        "arena_bytes": plan.arena_bytes, "weight_bytes": plan.weight_bytes,
+        "workspace_bytes": plan.workspace_bytes_per_thread * plan.workspace_threads,
+        "max_payload": plan.frame_buffer_bytes, "kernels": len(prog.calls),
+    }
+
+
+def manifest_data(source: Source, lowered: Lowered, kernels: Kernels, plan: MemoryPlan,
+                  golden: Golden, resolved: ResolvedTarget) -> dict:
+    """manifest.json from the stages' results (the file format: keys and order as read by
+    every verb). "compile_seconds" and "files" are filled in by finish_manifest."""
+    target, prog, int_model = resolved.target, lowered.program, source.int_model
+    inp, outp = prog.tensors[prog.input], prog.tensors[prog.output]
+
+    def tensor(name: str, t: graph.TensorInfo, which: str) -> dict:
+        return {"name": name, "shape": list(t.shape), "dtype": t.dtype,
+                **({"quantization": getattr(int_model, which).to_dict()}
+                   if int_model is not None else {})}
+
+    return {
         "format_version": ARTIFACT_FORMAT_VERSION,
         "protocol_version": PROTOCOL_VERSION,
         "target": target.name,
@@ -143,51 +311,27 @@ def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path
         "cpu_key": resolved.cpu_key,
         "tvm_target": json.loads(json.dumps(_target_dict(resolved.tvm_target))),
         "required_cpu_features": list(resolved.required_features),
-        "model": {"key": key, "source": str(model_path), "source_sha256": sha256_file(model_path),
-                  **meta},
-        "input": {"name": model.graph.input[0].name, "shape": list(inp.shape), "dtype": inp.dtype,
-                  **({"quantization": int_model.input_q.to_dict()} if int_model else {})},
-        "output": {"name": model.graph.output[0].name, "shape": list(outp.shape),
-                   "dtype": outp.dtype,
-                   **({"quantization": int_model.output_q.to_dict()} if int_model else {})},
-        "memory": {"arena_bytes": arena_bytes, "liveness_lower_bound": lower_bound,
-                   "sum_of_activations": memory.total_activation_bytes(prog),
-                   "workspace_bytes_per_thread": ws_bytes, "workspace_threads":
-                   1 if target.is_mcu else threads, "weight_bytes": weight_bytes,
-                   "frame_buffer_bytes": max_payload},
+        "model": {"key": lowered.model_key, "source": str(source.path),
+                  "source_sha256": sha256_file(source.path), **source.meta},
+        "input": tensor(source.onnx.graph.input[0].name, inp, "input_q"),
+        "output": tensor(source.onnx.graph.output[0].name, outp, "output_q"),
+        "memory": dataclasses.asdict(plan),
         "kernels": [{"call": i, "kernel": c.kernel, "macs": c.macs}
                     for i, c in enumerate(prog.calls)],
         "total_macs": sum(c.macs for c in prog.calls),
-        "emit": emit_kind,
-        "layout": {"activations": layout, "prepack_weights": prepack,
-                   "prepacked_weights": prepacked},
-        "tuning": {"records_dir": str(rec_dir), "cpu_key": resolved.cpu_key, "model_key": key,
-                   "applied": sorted(applied), "untuned": sorted(defaulted)},
-        "golden": {"cases": cases, "tolerance": tolerance,
-                   "reference": "integer" if int_model is not None else "onnxruntime"},
+        "emit": kernels.emit,
+        "layout": {"activations": lowered.layout, "prepack_weights": lowered.prepack,
+                   "prepacked_weights": lowered.prepacked},
+        "tuning": {"records_dir": str(lowered.records_dir), "cpu_key": resolved.cpu_key,
+                   "model_key": lowered.model_key, "applied": sorted(lowered.applied),
+                   "untuned": sorted(lowered.untuned), "source": lowered.tuning_source},
+        "golden": {"cases": golden.cases, "tolerance": golden.tolerance,
+                   "reference": golden.reference},
         "quantization": int_model.manifest() if int_model is not None else None,
         "tvm_version": _tvm_version(),
         "compile_seconds": None,
         "files": {},
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    manifest["kernel_file"] = kernel_path.name
-    return manifest
-
-
-def finish_manifest(out_dir: Path, extra: dict | None = None) -> dict:
-    """Records the sha256 of every file (after the program is built) in the manifest."""
-    out_dir = Path(out_dir)
-    manifest = json.loads((out_dir / "manifest.json").read_text())
-    manifest.update(extra or {})
-    files = {}
-    for p in sorted(out_dir.rglob("*")):
-        rel = p.relative_to(out_dir).as_posix()
-        if p.is_file() and rel != "manifest.json" and not rel.startswith("build/"):
-            files[rel] = sha256_file(p)
-    manifest["files"] = files
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
 
 
 def _target_dict(t) -> dict:
@@ -200,9 +344,3 @@ def _tvm_version() -> str:
     import tvm
 
     return tvm.__version__
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))

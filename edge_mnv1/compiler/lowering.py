@@ -1,8 +1,9 @@
 """Relax from the importer -> fused kernels with a schedule each.
 
 legalize + fuse (what `tune` extracts its tasks from, and what `compile` applies records to),
-then every kernel that no tuning record covers gets a plain default schedule that inlines its
-padding and epilogue, so that no untuned kernel needs a workspace buffer.
+then every kernel that no tuning record covers gets a default schedule: a register-blocked,
+vectorized one sized for the target (compiler/schedules/) for MobileNetV1's kernel classes,
+a plain one that inlines padding and epilogue for the rest.
 """
 
 from __future__ import annotations
@@ -11,6 +12,11 @@ import tvm
 from tvm import relax
 import tvm.tirx as tirx
 import tvm.s_tir as s_tir
+
+from edge_mnv1 import log
+from edge_mnv1.compiler import schedules
+from edge_mnv1.compiler.schedules.anatomy import inline_all
+from edge_mnv1.compiler.tvm_target import vector_unit
 
 
 def layout_for(target, integer: bool) -> tuple[str, bool]:
@@ -74,22 +80,16 @@ def is_scheduled(func: tirx.PrimFunc) -> bool:
 def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """Inline every producer (padding) and consumer (bias, ReLU) into the reduction block."""
     sch = s_tir.Schedule(func)
-    root = sch.get_sblock("root")
-    changed = True
-    while changed:
-        changed = False
-        for block in sch.get_child_blocks(root):
-            for inline in (sch.compute_inline, sch.reverse_compute_inline):
-                try:
-                    inline(block)
-                    changed = True
-                    break
-                except Exception:  # not inlinable this way (e.g. the reduction itself)
-                    continue
-            if changed:
-                break
-    _epilogue_per_output(sch, root)
+    inline_all(sch)
+    _epilogue_per_output(sch, sch.get_sblock("root"))
     return sch.mod["main"]
+
+
+def default_schedule_for(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc:
+    """The schedule a kernel gets on `target` when no record covers it (its weights, if it
+    asks for panels, are still rewritten inside it: `prepack_weights` splits that off)."""
+    made = schedules.apply(func, vector_unit(target))
+    return made.func if made else default_schedule(func)
 
 
 def _epilogue_per_output(sch: s_tir.Schedule, root) -> None:
@@ -112,15 +112,26 @@ def _epilogue_per_output(sch: s_tir.Schedule, root) -> None:
             continue
 
 
-def apply_default_schedules(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
-    """Schedules every kernel not already scheduled; returns the names it scheduled."""
+def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target | None = None
+                            ) -> tuple[tvm.IRModule, list[str]]:
+    """Schedules every kernel not already scheduled; returns the names it scheduled. With a
+    target, MobileNetV1's kernel classes get schedules sized for its vector unit, and the
+    weights those schedules ask for in panels are prepacked here."""
+    unit = vector_unit(target) if target is not None else None
     out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
-    done = []
+    done, classes, packed = [], {}, False
     for gv, func in list(out.functions.items()):
         if isinstance(func, tirx.PrimFunc) and not is_scheduled(func):
-            out.update_func(gv, default_schedule(func))
+            made = schedules.apply(func, unit) if unit is not None else None
+            out.update_func(gv, made.func if made else default_schedule(func))
             done.append(gv.name_hint)
-    return out, done
+            kind = made.kind if made else "plain"
+            classes[kind] = classes.get(kind, 0) + 1
+            packed = packed or bool(made and made.prepacked)
+    if done:
+        log.info("compile: default schedules: " +
+                 ", ".join(f"{n} {k}" for k, n in sorted(classes.items())))
+    return (prepack_weights(out) if packed else out), done
 
 
 def apply_database(mod: tvm.IRModule, target: tvm.target.Target, database) -> tuple[tvm.IRModule, list[str]]:

@@ -3,7 +3,8 @@
 `mcpu = "host"` means this machine: LLVM's name for its CPU plus the features that matter
 for code generation. The resulting `cpu_key` keys the tuning records (records tuned on a
 Zen 4 with AVX-512 must not be applied on a Zen 3), and `required_features` is written into
-the program, which refuses to run on a CPU that lacks one.
+the program, which refuses to run on a CPU that lacks one. `vector_unit` reads off a TVM
+target what the default schedules are sized by (compiler/schedules/).
 """
 
 from __future__ import annotations
@@ -26,6 +27,41 @@ class ResolvedTarget:
     cpu_key: str                 # names the tuning records directory
     required_features: tuple     # checked by the program at start-up (x86 only)
     triple: str
+
+
+@dataclass(frozen=True)
+class VectorUnit:
+    """What a default schedule is sized by: fp32 lanes per vector register, how many such
+    registers (accumulators + operands of a micro-kernel), and whether loops may run on a
+    thread pool (a Linux program has one; bare-metal firmware runs on one core)."""
+    lanes: int
+    registers: int
+    parallel: bool
+
+
+def vector_unit(tvm_target: tvm.target.Target) -> VectorUnit:
+    """Derived from the TVM target's triple, CPU and features (LLVM knows what an mcpu
+    implies, so `mcpu = "skylake-avx512"` counts as AVX-512 without an mattr)."""
+    triple = str(tvm_target.attrs.get("mtriple", ""))
+    parallel = "-none" not in triple                    # bare metal: no threads
+
+    def has(feature: str) -> bool:
+        return bool(llvm_codegen.target_has_features(feature, tvm_target))
+
+    if triple.startswith(("x86_64", "i686", "i386")):
+        if has("avx512f"):
+            return VectorUnit(16, 32, parallel)
+        return VectorUnit(8, 16, parallel) if has("avx2") else VectorUnit(4, 16, parallel)
+    if triple.startswith(("aarch64", "arm64")):
+        return VectorUnit(4, 32, parallel)             # NEON: 32 x 128-bit
+    if triple.startswith(("thumb", "arm")):
+        if has("mve.fp"):
+            return VectorUnit(4, 8, parallel)          # Helium: 8 x 128-bit Q registers
+        if has("neon"):
+            return VectorUnit(4, 16, parallel)         # Armv7-A NEON: 16 Q registers
+        if has("fp-armv8d16sp") or has("vfp2sp") or has("vfp4d16sp"):
+            return VectorUnit(1, 32, parallel)         # scalar FPU: s0-s31
+    return VectorUnit(1, 16, parallel)
 
 
 def host_features() -> list[str]:

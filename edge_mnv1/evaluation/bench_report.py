@@ -34,9 +34,21 @@ def _instruction_lines(r: dict) -> list[str]:
         return [f"  instructions  {r['instructions_per_inference']:,} per inference"
                 + (f", {per_mac:.3f} per multiply-add" if per_mac else "")
                 + f" ({r['instructions_note']}; a count, not a time: no caches, memory "
-                  "bandwidth, dual issue or NEON latency in it)"]
+                  "bandwidth, dual issue or NEON latency in it)"] + _onnxruntime_count_lines(r)
     if r.get("instructions_error"):
         return [f"  instructions  not counted: {r['instructions_error']}"]
+    return []
+
+
+def _onnxruntime_count_lines(r: dict) -> list[str]:
+    if r.get("onnxruntime_instructions_per_inference"):
+        per_mac = r["onnxruntime_instructions_per_mac"]
+        return [f"  onnxruntime   {r['onnxruntime_instructions_per_inference']:,} per inference"
+                + (f", {per_mac:.3f} per multiply-add" if per_mac else "")
+                + f" ({r['onnxruntime_engine']}, same emulator and plugin, one thread): "
+                  f"edge_mnv1 / ONNX Runtime = {r['instructions_vs_onnxruntime']:.3f}"]
+    if r.get("onnxruntime_instructions_error"):
+        return [f"  onnxruntime   not counted: {r['onnxruntime_instructions_error']}"]
     return []
 
 
@@ -128,6 +140,9 @@ def _count_bars(results: list[dict], model: str) -> list[tuple]:
         if r.get("instructions_per_inference"):
             m = r["instructions_per_inference"] / 1e6
             bars.append((f"{model} ({r['target']}, qemu-user plugin)", m, m, m))
+        if r.get("onnxruntime_instructions_per_inference"):
+            m = r["onnxruntime_instructions_per_inference"] / 1e6
+            bars.append((f"ONNX Runtime aarch64 ({r['target']}, same plugin)", m, m, m))
     return bars
 
 

@@ -10,6 +10,7 @@ import platform
 import numpy as np
 
 from edge_mnv1 import log
+from edge_mnv1.errors import EdgeError
 from edge_mnv1.artifact.artifact import Artifact, Manifest
 from edge_mnv1.evaluation import fleet
 
@@ -63,11 +64,35 @@ def device_stats(r: dict, ticks: list, manifest: Manifest) -> dict:
 
 def instruction_counts(art: Artifact, calls: bool = False) -> dict:
     """The artifact's program counted under the target's qemu (aarch64 targets; {} for
-    others): instructions per inference and per multiply-add, single-threaded. A count, not a
-    time: no caches, memory bandwidth, dual issue or NEON latency in it (docs/performance.md)."""
+    others): instructions per inference and per multiply-add, single-threaded, and beside it
+    ONNX Runtime's own aarch64 build counted the same way on the same model, what a Pi user
+    already runs. A count, not a time: no caches, memory bandwidth, dual issue or NEON
+    latency in it (docs/performance.md)."""
     from edge_mnv1.emulators.count_program import artifact_counts
 
     with fleet.THIS_MACHINE:  # not while another device's timed section runs here
         log.info("counting instructions under the target's emulator (qemu, TCG plugin)")
-        return artifact_counts(art, calls=calls,
-                               workers=min(2, len(os.sched_getaffinity(0)))) or {}
+        counts = artifact_counts(art, calls=calls,
+                                 workers=min(2, len(os.sched_getaffinity(0)))) or {}
+        if counts.get("instructions_per_inference") and art.manifest.target_arch == "aarch64":
+            counts.update(onnxruntime_counts(art, counts["instructions_per_inference"]))
+    return counts
+
+
+def onnxruntime_counts(art: Artifact, ours: int) -> dict:
+    """ONNX Runtime 1.32's aarch64 wheel on the artifact's model, one thread, under the same
+    qemu-aarch64 and plugin; the ratio is ours / ONNX Runtime's. A missing aarch64 root is
+    reported, not fatal: the project's own count stands alone."""
+    from edge_mnv1.emulators.ort_aarch64 import count_onnxruntime
+
+    log.info("counting ONNX Runtime's aarch64 build on the same model (qemu, TCG plugin)")
+    try:
+        c = count_onnxruntime(art.onnx, art.manifest.input.shape, "float32")
+    except EdgeError as e:
+        return {"onnxruntime_instructions_error": str(e)}
+    n = c["instructions_per_inference"]
+    macs = art.manifest.total_macs
+    return {"onnxruntime_instructions_per_inference": n,
+            "onnxruntime_instructions_per_mac": round(n / macs, 4) if macs else None,
+            "instructions_vs_onnxruntime": round(ours / n, 3) if n else None,
+            "onnxruntime_engine": c["engine"]}

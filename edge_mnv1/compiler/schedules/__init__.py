@@ -1,0 +1,44 @@
+"""Default schedules: the kernels no tuning record covers, scheduled by construction.
+
+`apply` recognizes a kernel's class from its blocks (anatomy), sizes a register tile for the
+target's vector unit (tiling) and builds the register-blocked loop nest (blocked), asking
+for prepacked weights where the target allows it (prepack). Kernels of no known class
+(transposes, reshapes, integer kernels) return None: the caller keeps its plain default.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tvm
+import tvm.s_tir as s_tir
+import tvm.tirx as tirx
+
+from edge_mnv1 import log
+from edge_mnv1.compiler.schedules import blocked, prepack, tiling
+from edge_mnv1.compiler.schedules.anatomy import analyse, inline_all
+from edge_mnv1.compiler.tvm_target import VectorUnit
+
+
+class Scheduled(NamedTuple):
+    func: tirx.PrimFunc
+    kind: str           # pointwise | depthwise | conv | dense | pool
+    prepacked: bool     # asks for its weights in panels (lowering.prepack_weights)
+
+
+def apply(func: tirx.PrimFunc, unit: VectorUnit) -> Scheduled | None:
+    """The scheduled kernel, or None for a kernel of no known class."""
+    sch = s_tir.Schedule(func)
+    inline_all(sch)
+    anatomy = analyse(sch, func)
+    tile = tiling.choose(anatomy, unit) if anatomy is not None else None
+    if tile is None:
+        return None
+    try:
+        packed = blocked.apply(sch, anatomy, tile, prepack.layout_free(func, anatomy.weight))
+    except (s_tir.ScheduleError, tvm.error.InternalError) as err:
+        # A shape the loop nest does not fit: the plain default is slower but correct.
+        log.info(f"default schedule: a {anatomy.kind} kernel kept plain: "
+                 f"{str(err).strip().splitlines()[-1][:200]}")
+        return None
+    return Scheduled(sch.mod["main"], anatomy.kind, packed)
