@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from edge_mnv1.compiler.tuning import records
 
 KEY = "mnv1-a0.25-r64-c10-float32-nhwc"
@@ -47,3 +49,35 @@ def test_empty_records_do_not_count(tmp_path):
     d = _records(tmp_path, "host-znver4-avx512", 0)
     assert not records.has_records(d)
     assert records.find("host-emeraldrapids-avx512", KEY, tmp_path).match == "none"
+
+
+@pytest.mark.slow
+def test_records_of_another_cpu_of_the_class_apply_where_they_win(digits_onnx, tmp_path):
+    """Zen 4 records filed under another CPU of this machine's ISA class: compile applies
+    them, times each against the default here, keeps the faster, and says whose they were."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    from compiled import CLI, REPO
+    from edge_mnv1.artifact.target import load_target
+    from edge_mnv1.compiler.tvm_target import resolve
+
+    key = resolve(load_target("host")).cpu_key
+    other = f"host-othercpu-{key.split('-')[-1]}"
+    committed = REPO / "compile" / "tuning" / "host-znver4-avx512" / KEY
+    root = tmp_path / "tuning"
+    shutil.copytree(committed, root / other / KEY)
+    env = dict(os.environ, EDGE_MNV1_TUNING_ROOT=str(root))
+    r = subprocess.run([*CLI, "compile", str(digits_onnx), "--target", "host", "-o",
+                        str(tmp_path / "a"), "--no-build", "--json"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    tuning = json.loads((tmp_path / "a" / "manifest.json").read_text())["tuning"]
+    source = tuning["source"]
+    assert source["match"] == "isa-class" and source["cpu_key"] == other
+    # every kernel a record covered was timed: kept, or fell back to its default
+    assert len(tuning["applied"]) + len(source["fell_back"]) >= 20
+    assert set(source["fell_back"]) <= set(tuning["untuned"])
+    assert r.stderr.count("transferred record") == len(tuning["applied"]) + len(source["fell_back"])

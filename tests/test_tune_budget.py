@@ -21,7 +21,7 @@ def test_time_budget_is_kept_and_nothing_is_left_running(tmp_path):
     onnx = export_random(tmp_path / "m.onnx", 32, alpha=0.25, classes=10)
     root = tmp_path / "tuning"
     env = dict(os.environ, EDGE_MNV1_TUNING_ROOT=str(root))
-    budget_s = 45
+    budget_s = 30
     started = time.time()
     out = subprocess.run([*CLI, "tune", str(onnx), "--target", "host", "--trials", "100000",
                           "--minutes", str(budget_s / 60), "--json"], cwd=REPO, env=env,

@@ -28,6 +28,11 @@ class ResolvedTarget:
     required_features: tuple     # checked by the program at start-up (x86 only)
     triple: str
 
+    @property
+    def runs_here(self) -> bool:
+        """Kernels built for this target can be timed on this machine (the host target)."""
+        return bool(self.required_features) or self.target.tvm["target"].get("mcpu") == "host"
+
 
 @dataclass(frozen=True)
 class VectorUnit:

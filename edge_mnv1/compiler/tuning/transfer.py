@@ -47,8 +47,7 @@ def time_kernel(func: tirx.PrimFunc, target: tvm.target.Target) -> float:
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
     args = []
-    for p in mod["main"].params:
-        buf = mod["main"].buffer_map[p]
+    for buf in mod["main"].params:  # TVM 0.27: a PrimFunc's parameters are its buffers
         shape = [int(d) for d in buf.shape]
         data = rng.uniform(-1, 1, shape).astype(buf.dtype) if "float" in buf.dtype \
             else np.zeros(shape, buf.dtype)
