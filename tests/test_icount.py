@@ -132,7 +132,7 @@ def test_bench_and_profile_report_instructions(rpi4_art, capsys):
     # ONNX Runtime's own aarch64 build, counted the same way on the same model, beside it
     assert a["onnxruntime_instructions_per_inference"] > 0
     assert a["instructions_vs_onnxruntime"] == pytest.approx(
-        a["instructions_per_inference"] / a["onnxruntime_instructions_per_inference"], rel=1e-3)
+        a["instructions_per_inference"] / a["onnxruntime_instructions_per_inference"], abs=5e-4)  # rounded to 3 places
     assert "edge_mnv1 / ONNX Runtime" in text
     assert a["emulated"] is True  # the count does not make the timing the board's
     code, p, _ = run_cli(capsys, "profile", rpi4_art, "--runs", 1)
