@@ -31,7 +31,7 @@ class ResolvedTarget:
     @property
     def runs_here(self) -> bool:
         """Kernels built for this target can be timed on this machine (the host target)."""
-        return bool(self.required_features) or self.target.tvm["target"].get("mcpu") == "host"
+        return self.target.tvm["target"].get("mcpu") == "host"
 
 
 @dataclass(frozen=True)

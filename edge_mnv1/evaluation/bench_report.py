@@ -28,28 +28,28 @@ def _device_line(r: dict, macs: int) -> str:
             "ratio to the host's times")
 
 
+def _count_lines(r: dict, prefix: str, label: str, how) -> list[str]:
+    """One counted program's line: `{prefix}instructions_per_inference` and its per-MAC figure,
+    `how(r)` saying how it was counted; or why it was not counted."""
+    n = r.get(f"{prefix}instructions_per_inference")
+    if n:
+        per_mac = r.get(f"{prefix}instructions_per_mac")
+        return [f"  {label:<13} {n:,} per inference"
+                + (f", {per_mac:.3f} per multiply-add" if per_mac else "") + f" ({how(r)})"]
+    if r.get(f"{prefix}instructions_error"):
+        return [f"  {label:<13} not counted: {r[f'{prefix}instructions_error']}"]
+    return []
+
+
 def _instruction_lines(r: dict) -> list[str]:
-    if r.get("instructions_per_inference"):
-        per_mac = r["instructions_per_mac"]
-        return [f"  instructions  {r['instructions_per_inference']:,} per inference"
-                + (f", {per_mac:.3f} per multiply-add" if per_mac else "")
-                + f" ({r['instructions_note']}; a count, not a time: no caches, memory "
-                  "bandwidth, dual issue or NEON latency in it)"] + _onnxruntime_count_lines(r)
-    if r.get("instructions_error"):
-        return [f"  instructions  not counted: {r['instructions_error']}"]
-    return []
-
-
-def _onnxruntime_count_lines(r: dict) -> list[str]:
-    if r.get("onnxruntime_instructions_per_inference"):
-        per_mac = r["onnxruntime_instructions_per_mac"]
-        return [f"  onnxruntime   {r['onnxruntime_instructions_per_inference']:,} per inference"
-                + (f", {per_mac:.3f} per multiply-add" if per_mac else "")
-                + f" ({r['onnxruntime_engine']}, same emulator and plugin, one thread): "
-                  f"edge_mnv1 / ONNX Runtime = {r['instructions_vs_onnxruntime']:.3f}"]
-    if r.get("onnxruntime_instructions_error"):
-        return [f"  onnxruntime   not counted: {r['onnxruntime_instructions_error']}"]
-    return []
+    ours = _count_lines(r, "", "instructions", lambda r: (
+        f"{r['instructions_note']}; a count, not a time: no caches, memory bandwidth, dual "
+        "issue or NEON latency in it"))
+    if not r.get("instructions_per_inference"):
+        return ours
+    return ours + _count_lines(r, "onnxruntime_", "onnxruntime", lambda r: (
+        f"{r['onnxruntime_engine']}, same emulator and plugin, one thread; edge_mnv1 / "
+        f"ONNX Runtime = {r['instructions_vs_onnxruntime']:.3f}"))
 
 
 def _host_lines(r: dict) -> list[str]:
