@@ -2,4 +2,4 @@
 that both import (neither may import the other): the artifact format and the protocol."""
 
 ARTIFACT_FORMAT_VERSION = 1  # manifest.json and the files it lists
-PROTOCOL_VERSION = 1         # docs/protocol.md; the C side is EM_PROTOCOL_VERSION
+PROTOCOL_VERSION = 2         # docs/protocol.md; the C side is EM_PROTOCOL_VERSION

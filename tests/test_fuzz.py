@@ -103,15 +103,17 @@ def test_run_counts_are_bounded_by_the_device(fuzz_work, sanitized_program, tmp_
     bench_cap = min(10000, (max_payload - 4) // 8)
     runs = lambda n: struct.pack("<I", n)  # noqa: E731
     stream = b"".join([P.encode_frame(P.BENCH, 1, runs(bench_cap)),
+                       P.encode_frame(P.READ, 5, struct.pack("<H", 1)),  # held: its 1st chunk
                        P.encode_frame(P.BENCH, 2, runs(bench_cap + 1)),
                        P.encode_frame(P.PROFILE, 3, runs(1000)),
                        P.encode_frame(P.PROFILE, 4, runs(1001))])
     with no_sanitizer_reports(monkeypatch, tmp_path / "sanitizers"):
         replies = serve(sanitized_program, stream, tmp_path / "sanitizers")
-    assert [(m, s) for m, s, _ in replies] == [(P.BENCH | P.REPLY, 1), (P.ERROR, 2),
+    assert [(m, s) for m, s, _ in replies] == [(P.HELD, 1), (P.READ | P.REPLY, 5), (P.ERROR, 2),
                                                (P.PROFILE | P.REPLY, 3), (P.ERROR, 4)]
-    assert struct.unpack_from("<I", replies[0][2])[0] == bench_cap
-    for (_, _, body), cap in ((replies[1], bench_cap), (replies[3], 1000)):
+    assert struct.unpack_from("<BBHI", replies[0][2])[3] == 4 + 8 * bench_cap
+    assert struct.unpack_from("<I", replies[1][2])[0] == bench_cap
+    for (_, _, body), cap in ((replies[2], bench_cap), (replies[4], 1000)):
         assert struct.unpack_from("<H", body)[0] == 7 and f"from 1 to {cap}".encode() in body
 
 
@@ -129,7 +131,7 @@ def test_regressions_against_the_sanitized_linux_program(sanitized_program, tmp_
     with no_sanitizer_reports(monkeypatch, tmp_path / "sanitizers"):
         for f in sorted(REGRESSIONS.iterdir()):
             for mtype, _, body in serve(sanitized_program, f.read_bytes(), tmp_path / "sanitizers"):
-                assert mtype == P.ERROR or mtype & P.REPLY, (f.name, mtype)
+                assert mtype in (P.ERROR, P.HELD) or mtype & P.REPLY, (f.name, mtype)
 
 
 @pytest.mark.slow

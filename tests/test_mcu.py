@@ -222,7 +222,7 @@ def test_boots_and_matches_onnxruntime_over_serial(firmware, digits_onnx, name, 
 
 def _raw(dev, frame: bytes):
     dev.client.transport.write(frame)
-    return dev.client._read_frame(time.monotonic() + 30)
+    return dev.client.read_frame(time.monotonic() + 30)
 
 
 @pytest.mark.slow
@@ -235,22 +235,22 @@ def test_bad_frames_get_errors_and_the_firmware_keeps_serving(firmware):
         frame = bytearray(P.encode_frame(P.BENCH, 101, struct.pack("<I", 1)))
         frame[-1] ^= 0x5A
         mtype, seq, body = _raw(dev, b"\x00\xff\xedjunk" + bytes(frame))
-        assert (mtype, seq) == (P.ERROR, 101) and P._parse_error(body)[0] == 1
+        assert (mtype, seq) == (P.ERROR, 101) and P.parse_error(body)[0] == 1
         # A header whose own CRC is wrong: a length in it is never trusted.
         frame = bytearray(P.encode_frame(P.HELLO, 102))
         frame[8] ^= 0x40  # length field corrupted
         mtype, seq, body = _raw(dev, bytes(frame))
-        assert mtype == P.ERROR and P._parse_error(body)[0] == 1
+        assert mtype == P.ERROR and P.parse_error(body)[0] == 1
         # A payload longer than the frame buffer: refused (TOO_LARGE), read past, in step.
         big = P.encode_frame(P.INFER, 103, bytes(max_payload + 100))
         mtype, seq, body = _raw(dev, big)
-        assert (mtype, seq) == (P.ERROR, 103) and P._parse_error(body)[0] == 2
-        assert str(max_payload) in P._parse_error(body)[1]
+        assert (mtype, seq) == (P.ERROR, 103) and P.parse_error(body)[0] == 2
+        assert str(max_payload) in P.parse_error(body)[1]
         # An input of the wrong size, an unknown type, a bad run count.
         for msg_type, payload, code in [(P.INFER, b"\0" * 12, 5), (0x33, b"", 4),
                                         (P.BENCH, struct.pack("<I", 0), 7)]:
             mtype, seq, body = _raw(dev, P.encode_frame(msg_type, 104, payload))
-            assert (mtype, seq) == (P.ERROR, 104) and P._parse_error(body)[0] == code
+            assert (mtype, seq) == (P.ERROR, 104) and P.parse_error(body)[0] == code
         # A reply to someone else's request (seq 0x7777) is never taken for ours.
         dev.client.transport.write(P.encode_frame(P.HELLO, 0x7777))
         assert len(dev.client.bench(1)) == 1

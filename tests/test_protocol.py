@@ -8,6 +8,7 @@ import random
 import shutil
 import struct
 import subprocess
+import time
 import zlib
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 from edge_mnv1.device import protocol as P
 from edge_mnv1.artifact.artifact import Artifact
 from edge_mnv1.device.connect import open_device
+from edge_mnv1.device.transport import Transport
 from edge_mnv1.errors import UsageError
 
 from compiled import cli, cli_json
@@ -48,7 +50,7 @@ def raw_request(dev, frame: bytes):
     import time
 
     dev.client.transport.write(frame)
-    return dev.client._read_frame(time.monotonic() + 20)
+    return dev.client.read_frame(time.monotonic() + 20)
 
 
 def still_serving(dev):
@@ -128,7 +130,7 @@ def test_a_frame_starting_inside_a_corrupt_header_is_answered(device):
     (here two bytes in, after a stray magic) is still found and answered."""
     mtype, seq, body = raw_request(device, P.MAGIC + P.encode_frame(P.HELLO, 92))
     assert mtype == P.ERROR and struct.unpack_from("<H", body)[0] == 1
-    mtype, seq, body = device.client._read_frame(__import__("time").monotonic() + 20)
+    mtype, seq, body = device.client.read_frame(__import__("time").monotonic() + 20)
     assert (mtype, seq) == (P.HELLO | 0x80, 92) and json.loads(body)["protocol"] == P.VERSION
     still_serving(device)
 
@@ -222,6 +224,130 @@ def test_run_refuses_an_input_that_is_not_an_array(host_artifact, tmp_path):
                 tmp_path / "y.npy", check=False)
         assert r.returncode == 2 and "not a .npy array" in r.stderr and "numpy.save" in r.stderr
         assert "Traceback" not in r.stderr and not (tmp_path / "y.npy").exists()
+
+
+# ---- protocol 2: chunks, held replies, the idle gap --------------------------------------
+
+class DamageOneChunk(Transport):
+    """Passes every frame on, records the index of every CHUNK frame written, and flips one
+    payload bit in the first sending of chunk `index` (each frame is one write)."""
+
+    def __init__(self, inner, index: int):
+        self.inner, self.index, self.sent, self.damaged = inner, index, [], False
+        self.description = inner.description
+
+    def write(self, data: bytes) -> None:
+        _, _, mtype, _, index, _, _ = P.HEADER.unpack_from(data)
+        if mtype == P.CHUNK:
+            self.sent.append(index)
+            if index == self.index and not self.damaged:
+                data = data[:20] + bytes([data[20] ^ 0x10]) + data[21:]
+                self.damaged = True
+        self.inner.write(data)
+
+    def read(self, n: int, timeout: float) -> bytes:
+        return self.inner.read(n, timeout)
+
+
+def test_an_input_moves_in_chunks_and_only_a_damaged_chunk_is_sent_again(device):
+    c = device.client
+    c.retries = 2
+    x = np.random.default_rng(1).standard_normal(device.hello["input"]["shape"]).astype(np.float32)
+    count = -(-x.nbytes // device.hello["chunk_bytes"])
+    assert count > 1, "the digits model's input is larger than a chunk"
+    clean = c.infer(x)
+    link = DamageOneChunk(c.transport, index=5)
+    c.transport = link
+    rejected = c.rejected_requests
+    try:
+        y = c.infer(x)
+    finally:
+        c.transport = link.inner
+    assert y.tobytes() == clean.tobytes()
+    assert sorted(link.sent) == sorted(list(range(count)) + [5]), "chunk 5 twice, others once"
+    assert c.rejected_requests - rejected == 1
+
+
+def test_a_reply_larger_than_a_chunk_is_held_and_read_in_chunks(device):
+    runs = 200  # 4 + 8 * 200 bytes of ticks: four chunks of 512
+    mtype, seq, body = raw_request(device, P.encode_frame(P.BENCH, 84, struct.pack("<I", runs)))
+    assert (mtype, seq) == (P.HELD, 84)
+    rtype, _, chunk, total, crc = struct.unpack("<BBHII", body)
+    assert (rtype, chunk, total) == (P.BENCH | P.REPLY, 512, 4 + 8 * runs)
+    parts = []
+    for i in reversed(range(-(-total // chunk))):  # any order, each on its own
+        mtype, _, part = raw_request(device, P.encode_frame(P.READ, 200 + i, struct.pack("<H", 84),
+                                                             index=i))
+        assert mtype == P.READ | P.REPLY and len(part) == min(chunk, total - i * chunk)
+        parts.insert(0, part)
+    whole = b"".join(parts)
+    assert zlib.crc32(whole) == crc and struct.unpack_from("<I", whole)[0] == runs
+    # Another request releases it: a READ is then refused with what to do.
+    still_serving(device)
+    mtype, _, body = raw_request(device, P.encode_frame(P.READ, 90, struct.pack("<H", 84)))
+    assert mtype == P.ERROR and P.parse_error(body)[0] == 7 and b"send the request again" in body
+    assert len(device.client.bench(runs)) == runs
+
+
+def test_a_chunk_outside_the_input_is_refused_before_it_is_stored(device):
+    chunk, nbytes = device.hello["chunk_bytes"], device.hello["input"]["bytes"]
+    last = nbytes // chunk  # the last chunk is nbytes % chunk long (0: past the end)
+    frame = P.encode_frame(P.CHUNK, 85, bytes(chunk), index=last + 1)
+    mtype, _, body = raw_request(device, frame)
+    assert mtype == P.ERROR and P.parse_error(body)[0] == 7 and b"not within the input" in body
+    still_serving(device)
+
+
+def test_a_cut_off_frame_is_dropped_after_the_idle_gap(device):
+    """v1 took the next request's bytes as the rest of a cut frame; now the device drops it
+    after idle_gap_ms without a byte (an error reply when its header was checked), and the
+    next request is answered at its first attempt (the fixture allows no retry)."""
+    gap = device.hello["idle_gap_ms"] / 1000
+    frame = P.encode_frame(P.INFER, 86, bytes(300))
+    device.client.transport.write(frame[:100])  # the link went down mid-payload
+    time.sleep(gap + 0.25)
+    mtype, seq, body = device.client.read_frame(time.monotonic() + 20)
+    assert (mtype, seq) == (P.ERROR, 86) and P.parse_error(body)[0] == P.CUT_OFF
+    device.client.transport.write(frame[:9])  # mid-header: dropped without a reply
+    time.sleep(gap + 0.25)
+    assert device.client.selftest()["passed"] is True
+    still_serving(device)
+
+
+class Version1Device(Transport):
+    """Answers as a version-1 program does: a frame of another version gets BAD_VERSION, in a
+    version-1 frame; with `hello` set, a v1 hello in a frame of this version instead."""
+
+    description = "old device"
+
+    def __init__(self, hello: dict | None = None):
+        self.out, self.hello = bytearray(), hello
+
+    def write(self, data: bytes) -> None:
+        seq = struct.unpack_from("<H", data, 4)[0]
+        if self.hello is not None:
+            self.out += P.encode_frame(P.HELLO | P.REPLY, seq, json.dumps(self.hello).encode())
+        else:
+            self.out += P.encode_frame(P.ERROR, seq, struct.pack("<H", 3) + b"protocol version "
+                                       b"2 not spoken; this device speaks 1", version=1)
+
+    def read(self, n: int, timeout: float) -> bytes:
+        out = bytes(self.out[:n])
+        del self.out[:n]
+        return out
+
+
+def test_a_version_1_device_is_named_with_what_to_do():
+    v1_hello = {"protocol": 1, "model": "m", "target": "host", "max_payload": 2052,
+                "input": {"shape": [1, 4], "dtype": "float32", "bytes": 16},
+                "output": {"shape": [1, 4], "dtype": "float32", "bytes": 16},
+                "tick_unit": "ns", "requests": 1}
+    for transport in (Version1Device(), Version1Device(v1_hello),
+                      Version1Device(dict(v1_hello, protocol=P.VERSION))):
+        client = P.Client(transport, timeout=1, retries=0)
+        with pytest.raises(P.ProtocolError, match=r"the device runs protocol v1 .*rebuild the "
+                                                  r"artifact .*deploy it"):
+            client.hello()
 
 
 # ---- the host decoder alone ------------------------------------------------------------

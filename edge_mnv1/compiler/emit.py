@@ -4,6 +4,7 @@ two headers the kernels' ABI needs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -60,6 +61,22 @@ em_golden:
 """)
 
 
+def artifact_identity(out_dir: Path, prog: Program) -> str:
+    """The artifact's identity (manifest "identity", and hello's): sha256 over what decides the
+    device's answers: the kernel code, the weights, the call sequence and the memory plan.
+    Another build of the same configuration with other weights or schedules differs; the
+    same compile repeated gives the same identity. Needs weights.bin (write_blobs) first."""
+    h = hashlib.sha256()
+    kernels = sorted(out_dir.glob("kernels.[co]"))
+    for path in kernels + [out_dir / "weights.bin"]:
+        h.update(f"{path.name}:{path.stat().st_size}:".encode())
+        h.update(path.read_bytes())
+    plan = [(t.index, t.kind, tuple(t.shape), t.dtype, t.offset) for t in prog.tensors]
+    calls = [(c.kernel, tuple(c.args)) for c in prog.calls]
+    h.update(repr((plan, calls, prog.input, prog.output)).encode())
+    return h.hexdigest()
+
+
 def _c_string(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -88,7 +105,8 @@ def write_model_c(out_dir: Path, prog: Program, *, arena_bytes: int, workspace_b
     L.append("")
     L.append("static DLTensor em_tensors[] = {")
     for t in prog.tensors:
-        base = "(void*)em_weights" if t.kind == "weight" else "em_arena"
+        base = "(void*)em_weights" if t.kind == "weight" else \
+            "em_frame_buffer" if t.kind == "input" and prog.input_in_frame_buffer else "em_arena"
         L.append(f"  {{(void*)({base} + {t.offset}), {{kDLCPU, 0}}, {len(t.shape)}, "
                  f"{_dl_dtype(t.dtype)}, em_shape_{t.index}, NULL, 0}},")
     L.append("};")

@@ -1,5 +1,5 @@
 """A connected device: a transport, the protocol client on it, and the hello check that
-proves the device runs the artifact's model. Every way of reaching a device (open_device,
+proves the device runs the artifact (its identity, model and shapes). Every way of reaching a device (open_device,
 and each scheme's deploy) ends here, so the check exists once."""
 
 from __future__ import annotations
@@ -47,14 +47,19 @@ class Device:
 
 
 def check_hello(hello: dict, manifest: Manifest, url: str) -> None:
-    """The device must run this artifact's model, with the shapes the manifest promises."""
+    """The device must run this artifact: its identity (a digest of kernel code, weights and
+    memory plan, manifest "identity") and the model and shapes the manifest promises. Another
+    build of the same configuration (other weights, other schedules) differs in identity."""
     want = {"model": manifest.model_key, "target": manifest.target_name,
             "input": list(manifest.input.shape), "output": list(manifest.output.shape)}
     got = {"model": hello.get("model"), "target": hello.get("target"),
            "input": hello.get("input", {}).get("shape"), "output": hello.get("output", {}).get("shape")}
-    if want != got:
-        raise DeviceError(f"{url}: the device runs {got}, the artifact is {want}; "
-                          "deploy this artifact to it (edge-mnv1 deploy)")
+    want_id, got_id = manifest.get("identity"), hello.get("identity")
+    if want != got or (want_id is not None and got_id != want_id):
+        shape = "" if want == got else f" (the device runs {got}, the artifact is {want})"
+        raise DeviceError(f"{url}: the device runs another artifact: identity {got_id} on the "
+                          f"device, {want_id} in this artifact's manifest{shape}; deploy this "
+                          "artifact to it first (edge-mnv1 deploy ARTIFACT --device URL)")
 
 
 def open_session(url: str, art: Artifact, link_url: str, opener: Opener, *,

@@ -3,7 +3,8 @@ bit for bit against the device's own fault-free output for the same input.
 
 1. Over the clean link: hello, then each distinct input twice (the device must be
    deterministic, else "bit for bit" would mean nothing); the second pass also times a
-   request, which sets the per-attempt timeout unless one is given.
+   request, which sets the per-attempt timeout unless one is given (and the slowest clean
+   chunk reply the chunks' own).
 2. The same connection through device/faults.py's FaultyTransport: N requests, cycling
    through the inputs. A request that fails after its retries is counted and reported, and
    the soak goes on (the client resynchronises on the next frame).
@@ -11,6 +12,9 @@ bit for bit against the device's own fault-free output for the same input.
 
 Passed means: no wrong output accepted, no request accepted although none of its attempts
 reached the device intact, the device did not reset, and the run completed.
+
+Protocol 2 moves an input larger than a chunk (hello's chunk_bytes) as chunks, each re-sent
+until it arrives intact, so the link arithmetic is per chunk (link_arithmetic).
 """
 
 from __future__ import annotations
@@ -44,12 +48,24 @@ def make_inputs(spec: TensorSpec, count: int, seed: int) -> list[np.ndarray]:
             for _ in range(count)]
 
 
-def link_arithmetic(spec: FaultSpec, request_bytes: int, reply_bytes: int) -> dict:
-    """What the error rates do to frames of these sizes, before anything is sent."""
-    up, down = spec.intact_probability(request_bytes), spec.intact_probability(reply_bytes)
-    return {"request_frame_bytes": request_bytes, "reply_frame_bytes": reply_bytes,
-            "expected_flips_per_request": round(8 * request_bytes * spec.ber, 3),
-            "p_request_intact": round(up, 5), "p_reply_intact": round(down, 5),
+def link_arithmetic(spec: FaultSpec, request_bytes: int, reply_bytes: int,
+                    chunk_bytes: int | None = None) -> dict:
+    """What the error rates do to frames of these sizes, before anything is sent. With
+    `chunk_bytes` (protocol 2) a payload larger than a chunk crosses as chunk frames, each
+    sent until it arrives intact: an attempt is one chunk and its 20-byte acknowledgement."""
+    out = {"request_frame_bytes": request_bytes, "reply_frame_bytes": reply_bytes,
+           "expected_flips_per_request": round(8 * request_bytes * spec.ber, 3)}
+    payload = request_bytes - FRAME_OVERHEAD
+    if chunk_bytes and payload > chunk_bytes:
+        count = -(-payload // chunk_bytes)
+        up = spec.intact_probability(chunk_bytes + FRAME_OVERHEAD)
+        down = spec.intact_probability(FRAME_OVERHEAD)
+        out.update(chunk_bytes=chunk_bytes, chunks_per_request=count,
+                   expected_chunk_sends=round(count / max(up * down, 1e-12), 1))
+    else:
+        up = spec.intact_probability(request_bytes)
+        down = spec.intact_probability(reply_bytes)
+    return {**out, "p_request_intact": round(up, 5), "p_reply_intact": round(down, 5),
             "p_attempt_clean": round(up * down, 5)}
 
 
@@ -64,14 +80,18 @@ def soak(artifact: str | Path, url: str, requests: int, faults: FaultSpec, *,
     scheme_of(url)
     art = Artifact.load(artifact)
     xs = make_inputs(art.manifest.input, inputs, seed)
-    arithmetic = link_arithmetic(faults, art.manifest.input.nbytes + FRAME_OVERHEAD,
-                                 art.manifest.output.nbytes + FRAME_OVERHEAD)
     with open_device(url, art, timeout=120.0, retries=2) as dev:
         client = dev.client
+        arithmetic = link_arithmetic(faults, art.manifest.input.nbytes + FRAME_OVERHEAD,
+                                     art.manifest.output.nbytes + FRAME_OVERHEAD,
+                                     dev.hello.get("chunk_bytes"))
         reference, latency = _clean_reference(client, xs, url)
         attempt_timeout = timeout or max(MIN_TIMEOUT, 5 * latency)
+        # A chunk's reply needs no inference: 5x the slowest clean one (at most the attempt's).
+        chunk_timeout = min(attempt_timeout, max(MIN_TIMEOUT, 5 * client.slowest_chunk_reply))
         link = dev.inject_faults(faults)  # the same connection, from now on through faults
         client.timeout, client.retries, client.verbose = attempt_timeout, retries, False
+        client.chunk_timeout = chunk_timeout
         log.info(f"soak: {requests} requests to {url} through faults {faults}; "
                  f"{attempt_timeout:.3g} s per attempt, {retries} retries; a clean attempt has "
                  f"p={arithmetic['p_attempt_clean']:.3g}")
@@ -81,11 +101,13 @@ def soak(artifact: str | Path, url: str, requests: int, faults: FaultSpec, *,
         device_error = _reset_error(client)
     detected = {"corrupt_replies": client.corrupt_replies, "bad_frames": client.decoder.bad_frames,
                 "rejected_by_device": client.rejected_requests, "timeouts": client.timeouts,
+                "lost_frames": client.lost_frames, "cut_off_by_device": client.cut_off,
                 "retries": client.retried}
     result = {
         "artifact": str(art.path), "device": url, "faults": faults.to_dict(),
         "faults_spec": str(faults), "requests": requests, "distinct_inputs": inputs,
-        "attempt_timeout_s": round(attempt_timeout, 4), "retries_allowed": retries,
+        "attempt_timeout_s": round(attempt_timeout, 4),
+        "chunk_timeout_s": round(chunk_timeout, 4), "retries_allowed": retries,
         "link": arithmetic, **run, "detected": detected,
         "injected": link.counts(), "device_ok": device_error is None,
         "device_error": device_error,
@@ -176,6 +198,9 @@ def _faulty_run(client, link: FaultyTransport, xs, reference, requests: int,
 
 def _text(r: dict) -> str:
     inj, det, link = r["injected"]["total"], r["detected"], r["link"]
+    chunked = (f", in {link['chunks_per_request']} chunks of {link['chunk_bytes']} B "
+               f"(~{link['expected_chunk_sends']:g} chunk sends expected)"
+               if "chunk_bytes" in link else "")
     lines = [
         f"soak {r['device']}, faults {r['faults_spec']}: {r['completed_requests']}/{r['requests']} "
         f"requests in {r['seconds']:.1f} s ({r['requests_per_s']} requests/s)",
@@ -185,12 +210,13 @@ def _text(r: dict) -> str:
         f"  injected: {inj['ber']} bit flips, {inj['drop']} bytes dropped, {inj['dup']} duplicated, "
         f"{inj['trunc']} messages cut ({inj['trunc_bytes']} bytes), {inj['delay']} delayed; "
         f"{inj['damaged_messages']} of {inj['messages']} messages damaged",
-        f"  detected: {det['rejected_by_device']} requests refused by the device (CRC), "
+        f"  detected: {det['rejected_by_device']} frames refused by the device (CRC or cut off "
+        f"after its idle gap: {det['cut_off_by_device']}), "
         f"{det['corrupt_replies']} corrupt replies, {det['bad_frames']} bad frames, "
-        f"{det['timeouts']} timeouts; {det['retries']} retries in {r['requests_retried']} requests",
-        f"  link: {link['request_frame_bytes']} B requests, {link['reply_frame_bytes']} B replies, "
-        f"{link['expected_flips_per_request']} flips expected per request, "
-        f"P(clean attempt) {link['p_attempt_clean']:.3g}",
+        f"{det['lost_frames']} frames lost, {det['timeouts']} timeouts; {det['retries']} retries in {r['requests_retried']} requests",
+        f"  link: {link['request_frame_bytes']} B requests{chunked}, "
+        f"{link['reply_frame_bytes']} B replies, {link['expected_flips_per_request']} flips "
+        f"expected per request, P(clean attempt) {link['p_attempt_clean']:.3g}",
         f"  device after the run: {'serving, no reset' if r['device_ok'] else r['device_error']}",
     ]
     if r["aborted"]:
@@ -200,7 +226,6 @@ def _text(r: dict) -> str:
                      "accepted although no attempt reached the device intact")
     if link["p_attempt_clean"] < 0.05:
         lines.append("  note: at these rates almost no frame of this size crosses the link "
-                     "intact; retries cannot help (use a smaller model, or a link protocol that "
-                     "retransmits chunks)")
+                     "intact; retries cannot help (lower the error rate or the frame size)")
     lines.append("PASSED" if r["passed"] else "FAILED")
     return "\n".join(lines)

@@ -1,10 +1,10 @@
 /* libFuzzer target for the device side of docs/protocol.md: the fuzz input is the byte
  * stream the host sends, em_serve_one() reads it through em_platform_read frame by frame, and
- * the request handler runs HELLO/INFER/BENCH/PROFILE/SELFTEST against a real compiled model.
+ * the request handler runs every message type (chunks and held replies included) against a real compiled model.
  *
  * Beyond the sanitizers' checks, every reply the device writes must be a frame the host
- * accepts: magic, version, a reply type, both CRCs right, a payload within the host's limit,
- * a known error code. Anything else aborts (a finding).
+ * accepts: magic, version, a reply type, both CRCs right, a payload of at most a chunk (a
+ * larger reply is held), a known error code. Anything else aborts (a finding).
  *
  * A custom mutator repairs the CRCs of the frames it finds in half of the mutants, so that the
  * fuzzer reaches the handlers with arbitrary payloads instead of stopping at the CRC checks;
@@ -45,9 +45,15 @@ static void fail(const char* what) {
   abort();
 }
 
-size_t em_platform_read(uint8_t* buf, size_t len) {
-  /* Short reads of varying size, as a pipe or a UART gives them, so read_exact loops. */
+size_t em_platform_read(uint8_t* buf, size_t len, uint32_t idle_ms) {
+  /* Short reads of varying size, as a pipe or a UART gives them, so read_exact loops. The
+   * link goes idle (a frame cut off) where the input has the bytes "IDLE" at a read inside
+   * a frame: they are consumed and the read times out. */
   size_t left = g_in_size - g_in_pos;
+  if (idle_ms && left >= 4 && !memcmp(g_in + g_in_pos, "IDLE", 4)) {
+    g_in_pos += 4;
+    return EM_READ_IDLE;
+  }
   size_t piece = 1 + (g_in_pos * 7 + 3) % 61;
   size_t n = len < left ? len : left;
   if (n > piece) n = piece;
@@ -64,6 +70,7 @@ void em_platform_write(const uint8_t* buf, size_t len) {
 
 uint64_t em_platform_ticks(void) { return g_ticks += 1000; }
 const char* em_platform_tick_unit(void) { return "ns"; }
+uint32_t em_platform_boot_count(void) { return 1u; }
 
 static uint32_t u32_at(const uint8_t* p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -74,24 +81,26 @@ void em_platform_flush(void) {
   const uint8_t* f = g_sink;
   if (g_sink_len < EM_HEADER_BYTES + 4) fail("a reply shorter than a header and a CRC");
   if (f[0] != EM_MAGIC0 || f[1] != EM_MAGIC1 || f[2] != EM_PROTOCOL_VERSION)
-    fail("a reply header without the magic and version 1");
+    fail("a reply header without the magic and this protocol version");
   uint8_t type = f[3];
-  int known = type == EM_MSG_ERROR ||
-              (type > EM_MSG_REPLY && type <= (EM_MSG_REPLY | EM_MSG_SELFTEST));
+  int known = type == EM_MSG_ERROR || type == EM_MSG_HELD ||
+              (type > EM_MSG_REPLY && type <= (EM_MSG_REPLY | EM_MSG_READ));
   if (!known) fail("a reply of a type that is not a reply");
   if (u32_at(f + 12) != em_crc32(0, f, 12)) fail("a reply whose header CRC is wrong");
   uint32_t len = u32_at(f + 8);
   if ((size_t)len + EM_HEADER_BYTES + 4 != g_sink_len)
     fail("a reply whose length field is not the bytes written");
-  /* The host takes replies up to max(max_payload, 4096) + 64 bytes (device/protocol.py). */
-  uint32_t host_limit = (em_model.max_payload > 4096u ? em_model.max_payload : 4096u) + 64u;
-  if (len > host_limit) fail("a reply payload above the host's limit");
+  /* Protocol 2: no reply is larger than a chunk (a larger one is held and read in chunks),
+   * but an error, always one frame, whose message must stay within the host's smallest
+   * limit (4096 + 64 bytes, device/frames.py). */
+  if (type != EM_MSG_ERROR && len > EM_CHUNK_BYTES) fail("a reply payload larger than a chunk");
+  if (len > 4096u) fail("an error reply above the host's smallest limit");
   if (u32_at(f + EM_HEADER_BYTES + len) != em_crc32(0, f + EM_HEADER_BYTES, len))
     fail("a reply whose payload CRC is wrong");
   if (type == EM_MSG_ERROR) {
     if (len < 2) fail("an error reply without a code");
     unsigned code = f[EM_HEADER_BYTES] | f[EM_HEADER_BYTES + 1] << 8;
-    if (code < EM_ERR_BAD_CRC || code > EM_ERR_BAD_ARGUMENT)
+    if (code < EM_ERR_BAD_CRC || code > EM_ERR_LAST)
       fail("an error reply with an unknown code");
   }
   g_sink_len = 0;

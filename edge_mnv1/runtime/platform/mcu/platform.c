@@ -6,10 +6,16 @@
 #include "em_board.h"
 #include "em_platform.h"
 
-size_t em_platform_read(uint8_t* buf, size_t len) {
+_Static_assert(EM_CPU_HZ >= 1000u, "the board's clock_hz times the idle gap of the protocol");
+
+size_t em_platform_read(uint8_t* buf, size_t len, uint32_t idle_ms) {
   if (!len) return 0;
   int c;
+  /* Polled UART: the idle time-out is counted in board ticks (the CPU clock). */
+  uint64_t limit = (uint64_t)EM_CPU_HZ / 1000u * idle_ms;
+  uint64_t t0 = idle_ms ? em_board_ticks() : 0;
   while ((c = em_board_uart_getc()) < 0) {
+    if (idle_ms && em_board_ticks() - t0 >= limit) return EM_READ_IDLE;
   }
   size_t n = 0;
   buf[n++] = (uint8_t)c;
@@ -30,3 +36,22 @@ uint64_t em_platform_ticks(void) {
 }
 
 const char* em_platform_tick_unit(void) { return EM_TICK_UNIT; }
+
+/* Boots counted in RAM that a reset leaves alone: the arena's section, which the start-up
+ * code does not zero (startup.c). A magic word tells a warm reset from power-on, when RAM
+ * holds whatever it holds (QEMU: zeros), and the count starts again at 1. */
+#define BOOT_MAGIC 0xB007C0DEu
+static volatile uint32_t g_boot[2] __attribute__((section(".bss.em_arena")));
+static uint32_t g_boot_count;
+
+uint32_t em_platform_boot_count(void) {
+  if (!g_boot_count) {
+    if (g_boot[0] != BOOT_MAGIC || g_boot[1] == 0u || g_boot[1] == 0xFFFFFFFFu) {
+      g_boot[0] = BOOT_MAGIC;
+      g_boot[1] = 0u;
+    }
+    g_boot[1] = g_boot[1] + 1u;
+    g_boot_count = g_boot[1];
+  }
+  return g_boot_count;
+}
