@@ -8,6 +8,7 @@ APT_PACKAGES=(cmake ninja-build make gcc g++
   gcc-aarch64-linux-gnu g++-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-user
   gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
   openssh-server openssh-client
+  ser2net socat
   clang-14 libclang-rt-14-dev llvm-14)
 
 missing=()

@@ -5,13 +5,17 @@ exposed on TCP (QEMU, ser2net) raw or with RFC 2217.
     socket://host:port                    raw TCP
     rfc2217://host:port[?baud=N]          Telnet COM port control (ser2net and friends)
 
-Query options: baud (default: the target's board.baud, else 115200), rtscts=1, xonxoff=1.
-The protocol client (device/protocol.py) owns timeouts and retries; this is the byte pipe.
+Query options: baud (default: the target's board.baud, else 115200), rtscts=1, xonxoff=1;
+on socket:// and rfc2217:// pyserial's own (e.g. ?timeout=10, ?logging=debug) pass through.
+rfc2217:// goes through _rfc2217_class(), pyserial's client fixed for this use (tested
+against Debian's ser2net: tests/test_serial_servers.py). The protocol client
+(device/protocol.py) owns timeouts and retries; this is the byte pipe.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -52,6 +56,63 @@ def parse_url(url: str, default_baud: int = DEFAULT_BAUD) -> tuple[str, dict]:
     raise UsageError(f"device {url!r}: not a serial URL (serial://, socket://, rfc2217://)")
 
 
+def _open_port(port: str, kwargs: dict):
+    """The open pyserial port for what parse_url gave; RFC 2217 through _rfc2217_class()."""
+    import serial
+
+    if not port.startswith("rfc2217://"):
+        return serial.serial_for_url(port, timeout=1.0, write_timeout=10.0,
+                                     exclusive=True if port.startswith("/") else None, **kwargs)
+    ser = _rfc2217_class()(None, timeout=1.0, write_timeout=10.0, **kwargs)
+    ser.port = port
+    ser.open()
+    return ser
+
+
+@functools.cache
+def _rfc2217_class():
+    """pyserial's RFC 2217 client, fit for a byte pipe whose timeouts change on every read.
+
+    pyserial 3.5 re-sends the whole line configuration (baud, size, parity, stop bits, flow
+    control) and waits for the server's acknowledgements whenever any setting changes, a
+    read timeout included, and refuses a write timeout outright. Here the line is negotiated
+    when it changes only, and the write timeout bounds the socket's sends (its reader thread
+    merely wakes up less often). DTR and RTS are set but not waited for: the protocol uses no
+    modem lines, and a server whose port has none (ser2net on a pty, an adapter wired
+    RX/TX/GND) never acknowledges them."""
+    import serial.rfc2217 as rfc
+
+    modem_lines = {rfc.SET_CONTROL_DTR_ON, rfc.SET_CONTROL_DTR_OFF, rfc.SET_CONTROL_RTS_ON,
+                   rfc.SET_CONTROL_RTS_OFF}
+
+    class Rfc2217Port(rfc.Serial):
+        def open(self):
+            self._line = None
+            super().open()
+
+        def rfc2217_set_control(self, value):
+            if value in modem_lines:
+                self._rfc2217_options["control"].set(value)
+            else:
+                super().rfc2217_set_control(value)
+
+        def _reconfigure_port(self):
+            if self._socket is not None and self._write_timeout is not None:
+                self._socket.settimeout(max(5.0, self._write_timeout))
+            line = (self._baudrate, self._bytesize, self._parity, self._stopbits,
+                    self._rtscts, self._xonxoff)
+            if line == self._line:
+                return
+            write_timeout, self._write_timeout = self._write_timeout, None
+            try:
+                super()._reconfigure_port()
+            finally:
+                self._write_timeout = write_timeout
+            self._line = line
+
+    return Rfc2217Port
+
+
 class SerialTransport(Transport):
     """A pyserial port as the protocol's byte pipe. read() returns what arrived within the
     timeout (at least one byte, or b"" on timeout); write() blocks until sent or times out."""
@@ -67,9 +128,7 @@ class SerialTransport(Transport):
         deadline = time.monotonic() + open_timeout
         while True:
             try:
-                self.ser = serial.serial_for_url(port, timeout=1.0, write_timeout=10.0,
-                                                 exclusive=True if port.startswith("/") else None,
-                                                 **kwargs)
+                self.ser = _open_port(port, kwargs)
                 break
             except (serial.SerialException, OSError, ValueError) as e:
                 if time.monotonic() > deadline or isinstance(e, ValueError):
@@ -78,7 +137,9 @@ class SerialTransport(Transport):
                                       "(a board may take a few seconds to appear after "
                                       "flashing)") from None
                 time.sleep(0.2)
-        self._posix = type(self.ser).__module__ == "serial.serialposix"
+        # A tty (FIONREAD) and the RFC 2217 client (its byte queue) count waiting bytes exactly.
+        self._exact_waiting = type(self.ser).__module__ == "serial.serialposix" or \
+            isinstance(self.ser, _rfc2217_class())
         self._timeout = 1.0
 
     def _set_timeout(self, t: float) -> None:
@@ -109,10 +170,10 @@ class SerialTransport(Transport):
             first = self.ser.read(1)
             if not first or n <= 1:
                 return first
-            if self._posix:  # FIONREAD is exact for a tty
+            if self._exact_waiting:
                 waiting = self.ser.in_waiting
                 return first + (self.ser.read(min(waiting, n - 1)) if waiting else b"")
-            self._set_timeout(0)  # socket/rfc2217: take what is buffered, do not wait
+            self._set_timeout(0)  # socket: take what is buffered, do not wait
             return first + self.ser.read(n - 1)
         except (serial.SerialException, OSError) as e:
             raise DeviceError(f"{self.description}: the link failed while reading ({e}); the "
