@@ -2,6 +2,7 @@
 input and says what to do (never a traceback); good input gives the documented JSON."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -120,3 +121,40 @@ def test_train_and_export_verbs(run, tmp_path):
     assert r["max_abs_error_vs_torch"] <= r["tolerance"] and r["batch"] == "dynamic"
     code, out, _ = run("export", ckpt, "-o", model)
     assert code == 0 and "max abs error" in out
+
+
+def _onnx_model(path, kind: str):
+    """A tiny conv model written with onnx.helper: with a Resize, a float16 input, or an
+    unnamed dynamic width."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    elem = TensorProto.FLOAT16 if kind == "float16" else TensorProto.FLOAT
+    dims = [1, 3, 16, "w" if kind == "dynamic_width" else 16]
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float16 if kind == "float16"
+                                        else np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv")]
+    inits = [w]
+    if kind == "resize":
+        inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+        nodes.append(helper.make_node("Resize", ["c", "", "scales"], ["y"], name="upsample"))
+    else:
+        nodes.append(helper.make_node("Relu", ["c"], ["y"], name="relu"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", elem, dims)],
+                              [helper.make_tensor_value_info("y", elem, [1, 4, None, None])],
+                              inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind,pattern", [
+    ("resize", r"operator Resize \(node 'upsample'\) is outside the MobileNetV1 family"),
+    ("float16", r"input 'x' has dtype float16; compile takes float32"),
+    ("dynamic_width", r"input 'x': dimension 3 \('w'\) is not static"),
+])
+def test_compile_refuses_what_it_cannot_take(run, tmp_path, kind, pattern):
+    model = _onnx_model(tmp_path / f"{kind}.onnx", kind)
+    code, out, err = run("compile", model, "--target", "host", "-o", tmp_path / "art")
+    assert code == 2 and out == ""
+    assert re.search(re.escape(str(model)) + ": " + pattern, err), err
+    assert not (tmp_path / "art").exists()

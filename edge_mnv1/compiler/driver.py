@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import shutil
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +25,13 @@ from edge_mnv1.versions import ARTIFACT_FORMAT_VERSION, PROTOCOL_VERSION
 from edge_mnv1.artifact.artifact import Artifact, Manifest
 from edge_mnv1.artifact.firmware import write_firmware_files
 from edge_mnv1.artifact.target import Target
-from edge_mnv1.compiler import codegen, emit, frontend, graph, lowering, memory
+from edge_mnv1.compiler import codegen, emit, frontend, graph, integer_arm_m, lowering, memory
+from edge_mnv1.compiler import patches as patch_stage
 from edge_mnv1.compiler.tuning import records, transfer
 from edge_mnv1.compiler.tvm_target import ResolvedTarget, resolve
+from edge_mnv1.onnxio import support
 from edge_mnv1.onnxio.model_file import load_onnx, model_metadata, ort_session
+from edge_mnv1.onnxio.model_inputs import fitted_inputs
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,12 @@ class Source:
     relax: object              # tvm.IRModule
     dtype: str
     int_model: object | None   # the integer reference of a quantized (QDQ) model
+    declared_shape: list = dataclasses.field(default_factory=list)  # as the file says: ints,
+    # and the name of a dynamic batch axis (compiled for batch 1)
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return bool(self.declared_shape) and not isinstance(self.declared_shape[0], int)
 
     @property
     def is_integer(self) -> bool:
@@ -93,6 +101,7 @@ class Golden:
     outputs: np.ndarray
     tolerance: float
     reference: str             # "integer" or "onnxruntime"
+    note: str = ""             # how the inputs were made for the model's input shape
 
     @property
     def cases(self) -> int:
@@ -101,20 +110,25 @@ class Golden:
 
 def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path, *,
                      use_records: bool = True, tuning_root: Path | None = None,
-                     emit_kind: str | None = None) -> Artifact:
+                     emit_kind: str | None = None, patches: str | None = None) -> Artifact:
     """Compiles the model into `out_dir`. The manifest lists no files yet: `finish_manifest`
-    hashes them once the program is built."""
+    hashes them once the program is built. `patches` ("auto", "off", "PxP@K"; default: the
+    target file's) runs the first layers tile by tile (compiler/patches.py)."""
     out_dir = Path(out_dir)
     resolved = resolve(target)
     source = import_model(Path(model_path), resolved)
+    source, patched = patch_stage.for_source(source, target, patches)
     lowered = lower(source, resolved, use_records, tuning_root)
+    lowered.program.input_in_frame_buffer = patched is not None and bool(patched["split"]) \
+        or integer_arm_m.reads_input_in_place(target, source.is_integer)
     _prepare_output(out_dir)
     kernels = generate_code(lowered, resolved, emit_kind or target.tvm.get("emit", "llvm"),
                             out_dir)
     plan = plan_memory(lowered.program, kernels, target)
     golden = golden_data(source, cases=1 if target.is_mcu else 3)
     emit_sources(out_dir, source, lowered, plan, golden, resolved)
-    manifest = Manifest(manifest_data(source, lowered, kernels, plan, golden, resolved))
+    manifest = Manifest(dict(manifest_data(source, lowered, kernels, plan, golden, resolved),
+                             patches=patched))
     manifest.write(out_dir)
     return Artifact(out_dir, manifest, target=target)
 
@@ -138,11 +152,17 @@ def finish_manifest(artifact: Artifact, extra: dict | None = None) -> Artifact:
 
 def import_model(path: Path, resolved: ResolvedTarget) -> Source:
     model = load_onnx(path, one_input_output=True)
-    shape = frontend.input_shape(model, batch=1)
+    support.check_compilable(model, path)
+    shape, declared = frontend.input_shape(model, batch=1), support.declared_shape(model)
     log.info(f"compile: importing {path} (input {shape}) for {resolved.target.name} "
              f"({resolved.tvm_target.attrs.get('mcpu', '')})")
-    relax_mod, dtype, int_model = frontend.import_model(model)
-    return Source(path, model, model_metadata(model), shape, relax_mod, dtype, int_model)
+    if declared[0] != shape[0]:
+        log.info(f"compile: input {model.graph.input[0].name!r} has a dynamic batch axis "
+                 f"({declared[0]!r}): compiled for batch 1, the device takes one image per "
+                 "request (recorded in the manifest)")
+    relax_mod, dtype, int_model = frontend.import_model(model, str(path), resolved.target)
+    return Source(path, model, model_metadata(model), shape, relax_mod, dtype, int_model,
+                  declared)
 
 
 def lower(source: Source, resolved: ResolvedTarget, use_records: bool,
@@ -234,27 +254,28 @@ def plan_memory(prog: graph.Program, kernels: Kernels, target: Target) -> Memory
 
 
 def golden_data(source: Source, cases: int) -> Golden:
-    """Real digits for the self-test, through the independent reference: ONNX Runtime for a
-    float model, the integer reference (exact, uint8 in and out) for a quantized one."""
-    from edge_mnv1.model import data
-
-    shape, meta = source.shape, source.meta
-    pp = data.Preprocessing.from_dict(meta["preprocessing"]) if "preprocessing" in meta \
-        else data.default_preprocessing("digits", shape[-1])
-    cfg = types.SimpleNamespace(resolution=shape[-1])
-    x, _, _ = data.load_dataset("digits", cfg, pp, split="test", limit=cases)
-    x = x.reshape([cases] + shape[1:]).astype(np.float32)
+    """Real digits for the self-test, fitted to the model's input shape (N x C x H x W,
+    onnxio/model_inputs.py), through the independent reference: ONNX Runtime for a float
+    model, the integer reference (exact, uint8 in and out) for a quantized one. Each case is
+    one whole input of the model (N images for a batch-N model)."""
+    shape = source.shape
+    batch = shape[0]
+    x, _, _, note = fitted_inputs("digits", shape[1:], source.meta.get("preprocessing"),
+                                  split="test", limit=cases * batch)
+    if len(x) < cases * batch:  # only a huge batch outgrows the test split: repeat it
+        x = np.resize(x, (cases * batch, *x.shape[1:]))
+    x = x.reshape([cases] + shape).astype(np.float32)
     if source.is_integer:
         from edge_mnv1.quant.fixedpoint import quantize_input
 
         q_in = source.int_model.input_q
         q = quantize_input(x, q_in.scale, q_in.zero_point)
-        y = np.concatenate([source.int_model.run(q[i:i + 1]) for i in range(cases)])
-        return Golden(q, y, tolerance=0.0, reference="integer")
+        y = np.stack([source.int_model.run(q[i]) for i in range(cases)])
+        return Golden(q, y, tolerance=0.0, reference="integer", note=note)
     sess = ort_session(source.path)
     name = sess.get_inputs()[0].name
-    y = np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(cases)])
-    return Golden(x, y.astype(np.float32), tolerance=1e-4, reference="onnxruntime")
+    y = np.stack([sess.run(None, {name: x[i]})[0] for i in range(cases)])
+    return Golden(x, y.astype(np.float32), tolerance=1e-4, reference="onnxruntime", note=note)
 
 
 def emit_sources(out_dir: Path, source: Source, lowered: Lowered, plan: MemoryPlan,
@@ -268,7 +289,9 @@ def emit_sources(out_dir: Path, source: Source, lowered: Lowered, plan: MemoryPl
     emit.write_model_c(out_dir, prog, arena_bytes=plan.arena_bytes,
                        workspace_bytes=plan.workspace_bytes_per_thread,
                        workspace_threads=plan.workspace_threads,
-                       max_payload=plan.frame_buffer_bytes, hello=_hello(lowered, plan, target),
+                       max_payload=plan.frame_buffer_bytes,
+                       hello=dict(_hello(lowered, plan, target),
+                                  identity=emit.artifact_identity(out_dir, prog)),
                        golden_cases=golden.cases, golden_tolerance=golden.tolerance,
                        required_features=resolved.required_features,
                        arena_section=".bss.em_arena" if target.is_mcu else None)
@@ -313,7 +336,10 @@ def manifest_data(source: Source, lowered: Lowered, kernels: Kernels, plan: Memo
         "required_cpu_features": list(resolved.required_features),
         "model": {"key": lowered.model_key, "source": str(source.path),
                   "source_sha256": sha256_file(source.path), **source.meta},
-        "input": tensor(source.onnx.graph.input[0].name, inp, "input_q"),
+        "identity": emit.artifact_identity(kernels.path.parent, prog),
+        "input": {**tensor(source.onnx.graph.input[0].name, inp, "input_q"),
+                  "declared_shape": source.declared_shape,
+                  "dynamic_batch": source.dynamic_batch},
         "output": tensor(source.onnx.graph.output[0].name, outp, "output_q"),
         "memory": dataclasses.asdict(plan),
         "kernels": [{"call": i, "kernel": c.kernel, "macs": c.macs}
@@ -326,7 +352,7 @@ def manifest_data(source: Source, lowered: Lowered, kernels: Kernels, plan: Memo
                    "model_key": lowered.model_key, "applied": sorted(lowered.applied),
                    "untuned": sorted(lowered.untuned), "source": lowered.tuning_source},
         "golden": {"cases": golden.cases, "tolerance": golden.tolerance,
-                   "reference": golden.reference},
+                   "reference": golden.reference, "inputs": golden.note},
         "quantization": int_model.manifest() if int_model is not None else None,
         "tvm_version": _tvm_version(),
         "compile_seconds": None,

@@ -6,23 +6,14 @@ from __future__ import annotations
 import onnx
 
 from edge_mnv1.errors import UsageError
+from edge_mnv1.onnxio import support
 from edge_mnv1.onnxio.model_file import is_qdq
 from edge_mnv1.quant import qdq
 
 
 def input_shape(model: onnx.ModelProto, batch: int = 1) -> list[int]:
     """The input's static shape; a symbolic (dynamic) batch becomes `batch`."""
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    shape = []
-    for i, d in enumerate(dims):
-        if d.HasField("dim_value"):
-            shape.append(int(d.dim_value))
-        elif i == 0:
-            shape.append(batch)
-        else:
-            raise UsageError(f"the model's input dimension {i} ({d.dim_param!r}) is not static; "
-                             "export with a fixed resolution")
-    return shape
+    return support.input_shape(model, batch)
 
 
 def to_relax(model: onnx.ModelProto, batch: int = 1):
@@ -37,12 +28,14 @@ def to_relax(model: onnx.ModelProto, batch: int = 1):
                          f"{str(e)[:300]})") from None
 
 
-def import_model(model: onnx.ModelProto):
+def import_model(model: onnx.ModelProto, path: str = "the model", target=None):
     """(Relax module, element type, integer model or None). A QDQ model becomes integer
-    Relax (compiler/integer.py); anything else goes through TVM's ONNX importer."""
+    Relax (compiler/integer.py); anything else goes through TVM's ONNX importer. What is not
+    a MobileNetV1-family model (onnxio/support.py) is refused first, naming `path`."""
+    support.check_compilable(model, path)
     if is_qdq(model):
         from edge_mnv1.compiler import integer
 
         int_model = qdq.from_onnx(model)
-        return integer.to_relax(int_model), "int8", int_model
+        return integer.to_relax(int_model, *integer.options_for(target)), "int8", int_model
     return to_relax(model), "float32", None

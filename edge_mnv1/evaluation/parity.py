@@ -93,23 +93,28 @@ def prepare(art: Artifact, data_spec: str, limit: int | None, checkpoint, thresh
 
 
 def run_inputs(dev, prep: Prepared, progress: str = "") -> tuple[np.ndarray, Exception | None]:
-    """Device outputs for prep.x in order; stops at the first device error and returns it."""
+    """Device outputs for prep.x in order, one row per input (a batch-N device takes N
+    inputs per request); stops at the first device error and returns it."""
+    spec = prep.art.manifest.input
+    batch = max(1, int(spec.shape[0]))
     outs = []
     n = len(prep.x)
-    step = max(1, n // 10)
+    step = max(batch, n // 10 // batch * batch)
     t0 = last = time.perf_counter()
-    for i in range(n):
+    for i in range(0, n, batch):
         try:
-            y = dev.client.infer(device_input(prep.x[i], prep.art.manifest.input))
-        except DeviceError as e:
-            return np.asarray(outs).reshape(len(outs), -1), e
-        outs.append(np.asarray(y).reshape(-1))
-        if prep.on_progress is not None and (i + 1) % step == 0:
-            prep.on_progress(dev.url, i + 1)
+            y = dev.client.infer(device_input(prep.x[i:i + batch], spec))
+        except DeviceError as e:  # (an empty array has no -1 to infer: the row size)
+            per_input = int(np.prod(prep.art.manifest.output.shape)) // batch
+            return np.asarray(outs).reshape(len(outs), per_input), e
+        outs.extend(np.asarray(y).reshape(batch, -1))
+        done = i + batch
+        if prep.on_progress is not None and done % step == 0:
+            prep.on_progress(dev.url, done)
         now = time.perf_counter()
-        if (i + 1) % step == 0 and now - last > 3:  # progress on slow devices only
+        if done % step == 0 and now - last > 3:  # progress on slow devices only
             last = now
-            log.info(f"parity{progress}: {i + 1}/{n} inputs ({now - t0:.1f} s)")
+            log.info(f"parity{progress}: {done}/{n} inputs ({now - t0:.1f} s)")
     return np.asarray(outs).reshape(n, -1), None
 
 

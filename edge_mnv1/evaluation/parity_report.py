@@ -60,6 +60,8 @@ def summary_text(r: dict) -> str:
              + (f" (PARTIAL: {r['completed']} of {r['requested']} inputs)" if r.get("partial")
                 else ""),
              f"  {r['n']} inputs from {r['data']}; reference {r['reference_description']}"]
+    if r.get("preprocessing"):  # how the inputs were made for the model's input shape
+        lines.append(f"  inputs: {r['preprocessing']}")
     if r["n"]:
         lines += _metric_lines(r)
     for note in r.get("reference_notes", []):

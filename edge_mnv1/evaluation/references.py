@@ -107,11 +107,10 @@ class OnnxRuntimeReference(Reference):
         outs = []
         for i in range(0, len(x), b):
             chunk = x[i:i + b]
-            if self.fixed_batch and len(chunk) != self.fixed_batch:  # e.g. batch 1 models
-                outs += [self.session.run(None, {self.input_name: chunk[j:j + 1]})[0]
-                         for j in range(len(chunk))]
-            else:
-                outs.append(self.session.run(None, {self.input_name: chunk})[0])
+            k = len(chunk)
+            if self.fixed_batch and k != b:  # a static batch N: pad with the last input
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - k, axis=0)])
+            outs.append(self.session.run(None, {self.input_name: chunk})[0][:k])
         return np.concatenate(outs).reshape(len(x), -1)
 
 
@@ -170,10 +169,11 @@ def _torch_reference(art: Artifact, path: Path, threads: int, notes: list[str]):
     except UsageError as e:
         notes.append(f"the checkpoint does not load ({e}); ONNX Runtime is the reference")
         return None
-    side = art.manifest.input.shape[-1]
-    if ref.config.resolution != side:
-        notes.append(f"checkpoint {path} is for resolution {ref.config.resolution}, the "
-                     f"artifact takes {side}; ONNX Runtime is the reference")
+    chw = list(art.manifest.input.shape[1:])
+    want = [3, ref.config.resolution, ref.config.resolution]
+    if chw != want:
+        notes.append(f"checkpoint {path} takes {'x'.join(map(str, want))} inputs, the "
+                     f"artifact {'x'.join(map(str, chw))}; ONNX Runtime is the reference")
         return None
     return ref
 

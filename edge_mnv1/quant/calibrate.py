@@ -3,6 +3,7 @@ project's scheme, calibrated on real images."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 from pathlib import Path
@@ -42,8 +43,10 @@ def quantize_model(src: str | Path, calib_x: np.ndarray, out: str | Path,
     logging.getLogger().addFilter(advice)
     try:
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=out.name + ".") as work:
-            quantized = Path(work) / "quantized.onnx"
-            quantize_static(str(src), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
+            quantized, source = Path(work) / "quantized.onnx", Path(work) / "source.onnx"
+            onnx.save(_inline_constant_identities(model), str(source))
+            quantize_static(str(source), str(quantized), Reader(),
+                            quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8,
                             extra_options={"WeightSymmetric": True,
@@ -57,6 +60,28 @@ def quantize_model(src: str | Path, calib_x: np.ndarray, out: str | Path,
     onnx.checker.check_model(q)
     save_onnx(q, out)
     return q
+
+
+def _inline_constant_identities(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose Identity nodes of initializers are initializers themselves:
+    torch.onnx.export shares equal constants (e.g. the zero biases of untrained BNs folded
+    into convs) through Identity nodes, and the quantizer needs each layer's weight and bias
+    as an initializer of its own."""
+    model = copy.deepcopy(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    kept = []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            t = onnx.TensorProto()
+            t.CopyFrom(inits[node.input[0]])
+            t.name = node.output[0]
+            model.graph.initializer.append(t)
+            inits[t.name] = t
+        else:
+            kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
 
 
 def calibration_inputs(spec: str, model: onnx.ModelProto, meta: dict,

@@ -8,8 +8,8 @@ def add_device_arguments(p, several: bool = True):
     if several:
         p.add_argument("--device", "-d", action="append", metavar="URL",
                        help="device URL, repeatable: local, emulated, ssh://user@host[:port]"
-                            "[/dir], serial:///dev/ttyX?baud=N, socket://host:port "
-                            "(default: local)")
+                            "[/dir], serial:///dev/ttyX?baud=N, socket://host:port, "
+                            "rfc2217://host:port (default: local)")
         p.add_argument("--devices", metavar="FILE",
                        help="a file of device URLs, one per line (# comments); run in parallel")
     else:
@@ -20,9 +20,10 @@ def add_device_arguments(p, several: bool = True):
 def add_arguments(p):
     p.add_argument("artifact", metavar="ARTIFACT_DIR")
     add_device_arguments(p)
-    p.add_argument("--data", required=True, metavar="digits|photos|DIR",
-                   help="inputs: digits (the test split), digits:N, photos, or a folder of "
-                        "images (one subfolder per class for accuracy)")
+    p.add_argument("--data", required=True, metavar="digits|photos|DIR|random",
+                   help="inputs: digits (the test split), digits:N, photos, a folder of "
+                        "images (one subfolder per class for accuracy), or random[:N] (seeded "
+                        "random inputs); fitted to the model's input shape")
     p.add_argument("--limit", type=int, metavar="N", help="use the first N inputs only")
     p.add_argument("--report", metavar="DIR",
                    help="write report.json, summary.txt, outputs.npz and plots to DIR")
