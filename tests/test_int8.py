@@ -39,23 +39,34 @@ def test_fixed_point_multiplier_is_31_bits_and_requantize_rounds_half_up():
     assert got.tolist() == [[3, -2, 4, -3]]
 
 
-def test_kernel_rounding_identity_matches_the_reference_rule():
-    """The kernels compute ((p >> (S-1)) + 1) >> 1 (no rounding constant to store); the
-    reference's rule is (p + 2^(S-1)) >> S. Same integer for every p, checked against
-    Python's unbounded integers."""
+def test_requantize_is_the_32_bit_rule_of_sqrdmulh_and_srshr():
+    """The reference's steps are the instructions' definitions, checked with Python's
+    unbounded integers: SQRDMULH's doubled product's high half with rounding (saturating
+    only at -2^31 * -2^31, which a positive M excludes), then a rounding shift right; a
+    multiplier >= 1 (S < 31) shifts the accumulator left with saturation instead."""
     rng = np.random.default_rng(1)
-    p = np.concatenate([rng.integers(-2 ** 62, 2 ** 62, 5000, dtype=np.int64),
-                        np.arange(-70, 70, dtype=np.int64)])
-    for s in (1, 2, 17, 31, 40, 62):
-        kernel = ((p >> np.int64(s - 1)) + 1) >> 1
-        exact = [(int(v) + (1 << (s - 1))) >> s for v in p]
-        assert kernel.tolist() == exact
+    acc = np.concatenate([rng.integers(-2 ** 25, 2 ** 25, 3000, dtype=np.int64),
+                          np.arange(-70, 70, dtype=np.int64), [2 ** 31 - 1, -2 ** 31]])
+    for real in (0.7, 2.0 ** -9 * 1.37, 2.0 ** -20 * 1.9, 1.5, 3.9e3):
+        m, s = fixed_point(real)
+        got = requantize(acc, np.int64(m), np.int64(s), 3, -(2 ** 40), 2 ** 40)
+        left, right = max(0, 31 - s), max(0, s - 31)
+        want = []
+        for v in acc.tolist():
+            a = min(max(v << left, -2 ** 31), 2 ** 31 - 1)
+            t = (2 * a * m + 2 ** 31) >> 32                         # SQRDMULH
+            u = (t + (1 << right - 1)) >> right if right else t     # SRSHR
+            want.append(u + 3)
+        assert got.tolist() == want, real
+        small = acc[3000:3140]                      # small enough not to saturate
+        assert np.all(np.abs(got[3000:3140] - 3 - small * real) <= 0.5 + 1e-9 * real)
 
 
 def test_integer_reference_layers_match_an_independent_float_computation(int8_model):
     """Each layer recomputed in float64 by PyTorch from the same integer input, dequantized
-    weights and bias, then rounded half up: the integer result is within one step (the
-    31-bit multiplier) and almost always exact."""
+    weights and bias, then rounded half up: the integer result is within one step and
+    almost always exact (it rounds twice, at the high multiply and at the shift, which only
+    matters within 2^-right of a tie: right is 4-11 here)."""
     import torch
     import torch.nn.functional as F
 
@@ -96,7 +107,7 @@ def test_integer_reference_layers_match_an_independent_float_computation(int8_mo
             checked += diff.size
             exact += int((diff == 0).sum())
     assert worst <= 1
-    assert exact / checked > 0.999, (exact, checked)
+    assert exact / checked > 0.995, (exact, checked)
 
 
 def _weight_scales(model_path, layer) -> np.ndarray:
@@ -115,8 +126,10 @@ def _weight_scales(model_path, layer) -> np.ndarray:
 
 
 def test_integer_reference_agrees_with_onnxruntime_qdq(int8_model):
-    """ONNX Runtime runs the same QDQ file in float (no optimizations): the integer
-    reference stays within one output step of it and agrees on top-1."""
+    """ONNX Runtime runs the same QDQ file in float (no optimizations), rounding once per
+    layer; the integer reference rounds twice (high multiply, then shift), and the one-step
+    differences that makes in a few values of a layer carry through the 27 layers. The logits
+    stay within a few output steps (about one on average) and agree on top-1."""
     from edge_mnv1.model import data
     import types
 
@@ -126,14 +139,14 @@ def test_integer_reference_agrees_with_onnxruntime_qdq(int8_model):
     x, _, _ = data.load_dataset("digits", types.SimpleNamespace(resolution=64),
                                 data.Preprocessing.digits(64), split="test", limit=60)
     o = model.output_q
-    worst, agree = 0.0, 0
+    steps, agree = [], 0
     for xi in x:
         q = quantize_input(xi[None], model.input_q.scale, model.input_q.zero_point)
         mine = dequantize(model.run(q), o.scale, o.zero_point)
         theirs = sess.run(None, {sess.get_inputs()[0].name: xi[None]})[0]
-        worst = max(worst, float(np.abs(mine - theirs).max() / o.scale))
+        steps.append(float(np.abs(mine - theirs).max() / o.scale))
         agree += int(mine.argmax() == theirs.argmax())
-    assert worst <= 1.0 + 1e-4
+    assert max(steps) <= 4.0 + 1e-4 and np.mean(steps) <= 1.5, steps
     assert agree == len(x)
 
 
@@ -190,8 +203,11 @@ def test_host_kernels_are_integer_and_bit_exact_on_all_digits(int8_model, tmp_pa
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["input"]["dtype"] == "uint8" and manifest["output"]["dtype"] == "uint8"
     assert manifest["golden"]["reference"] == "integer"
-    assert r["workspace_bytes"] == 0 and r["arena_bytes"] == r["liveness_lower_bound"]
+    # The default schedules' accumulators (compiler/schedules/) may take a small workspace.
+    assert r["workspace_bytes"] <= 4096 and r["arena_bytes"] == r["liveness_lower_bound"]
     assert manifest["quantization"]["input"]["zero_point"] == 128
+    # Channels-last, and no widened copy of the input: every tensor in the arena is uint8.
+    assert manifest["layout"]["activations"] == "NHWC"
     p = cli_json("parity", art, "--data", "digits", "--reference", "integer")
     assert p["passed"] and p["n"] == 450 and p["max_abs_error"] == 0.0
     assert p["top1_agreement"] == 1.0
@@ -222,12 +238,48 @@ def test_rpi4_over_ssh_is_bit_exact_on_all_digits(int8_model, tmp_path):
 @pytest.mark.emulator
 @pytest.mark.parametrize("board", ["mps2-an500", "mps3-an547"])
 def test_cortex_m_is_bit_exact(int8_model, tmp_path, board):
-    """60 digits per board here (the serial link moves ~20 KB/s); the note reports all 450."""
+    """60 digits per board here (the serial link moves ~20 KB/s); the note reports all 450.
+    The convolutions run the runtime's DSP (M7) or Helium (M55) kernels; the trained model
+    has a channel whose multiplier is >= 1 and one with no right shift, so both
+    requantization paths of the kernels are exercised."""
     art = tmp_path / board
     _compile(int8_model[0], board, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    feature = {"mps2-an500": "dsp", "mps3-an547": "mve"}[board]
+    calls = [k["kernel"] for k in manifest["kernels"]]
+    # first conv, 13 depthwise, 13 pointwise (a kernel used twice keeps its name)
+    assert sum(c.startswith("s8_") and f"_{feature}" in c for c in calls) == 27
+    assert (art / "kernels_s8_arm_m.c").is_file()
     p = cli_json("parity", art, "--device", "emulated", "--data", "digits:60",
                  "--reference", "integer")
     assert p["passed"] and p["n"] == 60 and p["max_abs_error"] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.emulator
+@pytest.mark.parametrize("board,bound", [
+    ("mps2-an500", 24_500_000),   # CMSIS-NN's count on the Cortex-M7 (docs/int8.md)
+    ("mps3-an547", 6_400_000),    # CMSIS-NN's count on the Cortex-M55
+])
+def test_alpha_0_25_at_96_int8_counts_and_arena(untrained_ckpt_factory, tmp_path, board, bound):
+    """0.25/96 int8 (7.49M MACs): exact on 10 digits, instructions per inference within the
+    bound, and the arena at the uint8 layer-by-layer bound: the largest pair of consecutive
+    activations, 48 x 48 x 8 + 48 x 48 x 16 = 55,296 B (the input is read in place)."""
+    ckpt = untrained_ckpt_factory(0.25, 96, classes=10)
+    fp32 = tmp_path / "m.onnx"
+    cli_json("export", ckpt, "-o", fp32)
+    q = tmp_path / "m-int8.onnx"
+    cli_json("quantize", fp32, "--calib", "digits:50", "-o", q)
+    art = tmp_path / board
+    r = _compile(q, board, art)
+    assert r["arena_bytes"] == r["liveness_lower_bound"] == 48 * 48 * (8 + 16)
+    p = cli_json("parity", art, "--device", "emulated", "--data", "digits:10",
+                 "--reference", "integer")
+    assert p["passed"] and p["max_abs_error"] == 0.0
+    b = cli_json("bench", art, "--device", "emulated", "--no-host", "--runs", "3",
+                 "--warmup", "1")
+    assert b["tick_unit"] == "instructions"
+    assert b["device_median_ticks"] <= bound, b["device_median_ticks"]
 
 
 @pytest.mark.slow

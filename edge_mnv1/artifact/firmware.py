@@ -19,7 +19,9 @@ from pathlib import Path
 
 from edge_mnv1.errors import ToolError, UsageError
 from edge_mnv1.artifact.target import TARGETS_DIR, Target
+from edge_mnv1.paths import RUNTIME_DIR
 
+INT8_KERNELS = RUNTIME_DIR / "kernels" / "em_s8_arm_m.c"
 USES = ("code", "weights", "arena", "data", "stack")
 DEFAULT_STACK = 16384
 
@@ -138,6 +140,10 @@ def write_firmware_files(target: Target, out_dir: Path) -> Path:
     (mcu / "em_board_config.h").write_text(board_config(target))
     if (Path(out_dir) / "kernels.c").exists():
         _copy_c_kernel_headers(Path(out_dir) / "include")
+    if target.tvm.get("features"):
+        # The int8 kernels the integer graph calls (compiler/integer_arm_m.py); CMake builds
+        # every kernels*.c of the artifact with the target's flags, -O3.
+        shutil.copy(INT8_KERNELS, Path(out_dir) / "kernels_s8_arm_m.c")
     board = target.build.get("board_support")
     if board:
         src = TARGETS_DIR / board

@@ -27,6 +27,11 @@ _TOP = {
     "emulator": (dict, False, "a table describing the emulator"),
     "memory": (dict, False, "a table of memory regions (MCU targets)"),
     "board": (dict, False, "a table with board facts (clock, UART, flashing)"),
+    "compile": (dict, False, "a table with compile defaults (patches)"),
+}
+_COMPILE = {
+    "patches": (str, False, '"auto", "off" or "PxP@K" (the early layers run in P x P tiles; '
+                "docs/mcu.md, \"Patch-based execution\")"),
 }
 _TVM = {
     "target": (dict, True, 'a TVM target dict, e.g. {kind = "llvm", mtriple = "..."}'),
@@ -34,6 +39,8 @@ _TVM = {
     "layout": (str, False, '"NCHW" (as imported, the default) or "NHWC" (channels last)'),
     "prepack_weights": (bool, False, "true or false: tuned kernels may store their weights "
                         "in a blocked layout of their own"),
+    "features": (list, False, 'a list naming the CPU\'s integer kernels: ["dsp"] (Armv7E-M '
+                 'SMLAD) or ["mve"] (Helium); docs/int8.md'),
 }
 _BUILD = {
     "toolchain": (str, False, "a CMake toolchain file relative to targets/"),
@@ -75,6 +82,11 @@ class Target:
     memory: dict = field(default_factory=dict)
     board: dict = field(default_factory=dict)
     path: Path | None = None
+    compile: dict = field(default_factory=dict)
+
+    @property
+    def patches(self) -> str:
+        return self.compile.get("patches", "off")
 
     @property
     def is_mcu(self) -> bool:
@@ -141,6 +153,8 @@ def load_target_file(path: Path) -> Target:
         _check(region, _REGION, f"memory.{name}.", path)
     if "board" in data:
         _check(data["board"], _BOARD, "board.", path)
+    if "compile" in data:
+        _check(data["compile"], _COMPILE, "compile.", path)
     if data["kind"] == "mcu":
         uses = {u for r in data.get("memory", {}).values() for u in r["use"]}
         for need in ("code", "weights", "arena", "stack"):
@@ -150,7 +164,7 @@ def load_target_file(path: Path) -> Target:
     return Target(name=data["name"], description=data["description"], kind=data["kind"],
                   arch=data["arch"], tvm=data["tvm"], build=data["build"],
                   emulator=data.get("emulator"), memory=data.get("memory", {}),
-                  board=data.get("board", {}), path=path)
+                  board=data.get("board", {}), path=path, compile=data.get("compile", {}))
 
 
 def available() -> list[str]:

@@ -5,13 +5,18 @@ The scheme: int8 symmetric per-channel weights, uint8 asymmetric per-tensor acti
 (ReLU folded into the clamp: a ReLU output has zero point 0), int32 bias at scale
 s_x * s_w[c]. The reference computes in integers only:
 
-    acc[c]  = bias[c] + sum (x - z_x) * w[c]                       int32 (held in int64 here)
-    y[c]    = clamp(z_y + ((acc[c] * M[c] + 2^(S[c]-1)) >> S[c]), lo, 255)   (int64, arithmetic >>)
+    acc[c]  = bias[c] + sum (x - z_x) * w[c]                       int32
+    a       = sat_int32(acc << left)               left  = max(0, 31 - S[c])
+    t       = (a * M[c] + 2^30) >> 31              rounding doubling high multiply
+    u       = (t + 2^(right-1)) >> right           right = max(0, S[c] - 31); u = t if 0
+    y[c]    = clamp(u + z_y, lo, 255)
 
 where M[c] in [2^30, 2^31) and S[c] encode the real multiplier s_x * s_w[c] / s_y to 31
-bits; rounding is half up (toward +infinity). Average pooling sums (x - z_x) and
-requantizes by s_x / (s_y * H * W). No float enters this arithmetic: the floats are read
-once, when the multipliers are derived from the model's scales.
+bits, `>>` is arithmetic and both roundings are half up (toward +infinity). This is the
+32-bit arithmetic of CMSIS-NN and TFLite: one SQRDMULH and one SRSHR (VQRDMULH, VRSHL on
+Helium), so every kernel can compute it without 64-bit registers. Average pooling sums
+(x - z_x) and requantizes by s_x / (s_y * H * W). No float enters this arithmetic: the
+floats are read once, when the multipliers are derived from the model's scales.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ SCHEME = {
     "weights": "int8, symmetric, per output channel",
     "activations": "uint8, asymmetric, per tensor",
     "bias": "int32 at scale s_x * s_w[c]",
-    "requantize": "int64 (acc * M + 2^(S-1)) >> S, M in [2^30, 2^31): round half up",
+    "requantize": "int32: t = (sat(acc << max(0, 31-S)) * M + 2^30) >> 31, then "
+                  "rounding shift right by max(0, S-31); M in [2^30, 2^31), both round half up",
     "calibration": "min-max over the calibration images (ONNX Runtime quantize_static)",
 }
 MULTIPLIER_BITS = 31
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 
 def fixed_point(real: float) -> tuple[int, int]:
@@ -50,12 +57,33 @@ def fixed_point(real: float) -> tuple[int, int]:
     return m, shift
 
 
+def split_shift(shift) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right) from S: a multiplier >= 1 shifts the accumulator left before the high
+    multiply (S < 31), a smaller one shifts the product right after it (S > 31)."""
+    shift = np.asarray(shift, dtype=np.int64)
+    return np.maximum(0, MULTIPLIER_BITS - shift), np.maximum(0, shift - MULTIPLIER_BITS)
+
+
+def high_multiply(a: np.ndarray, mult) -> np.ndarray:
+    """(a * M + 2^30) >> 31: SQRDMULH's rounding doubling high half. |a| < 2^31 and M > 0,
+    so it cannot saturate."""
+    return (a * np.asarray(mult, np.int64) + (np.int64(1) << 30)) >> MULTIPLIER_BITS
+
+
+def rounding_shift(t: np.ndarray, right) -> np.ndarray:
+    """(t + 2^(right-1)) >> right, t itself for right = 0: SRSHR / VRSHR, half up."""
+    right = np.asarray(right, dtype=np.int64)
+    return (t + ((np.int64(1) << right) >> 1)) >> right
+
+
 def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, zero_point: int,
                lo: int, hi: int) -> np.ndarray:
-    """The one rounding rule of the integer path (channel axis already broadcast)."""
-    acc = acc.astype(np.int64)
-    rounded = (acc * mult + (np.int64(1) << (shift - 1))) >> shift
-    return np.clip(rounded + zero_point, lo, hi)
+    """The one rounding rule of the integer path (channel axis already broadcast); int64
+    arrays holding the int32 values every step of a device computes."""
+    left, right = split_shift(shift)
+    a = np.clip(acc.astype(np.int64) << left, INT32_MIN, INT32_MAX)
+    u = rounding_shift(high_multiply(a, mult), right)
+    return np.clip(u + zero_point, lo, hi)
 
 
 def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:

@@ -79,6 +79,20 @@ class IntegerModel:
                 "output": self.output_q.to_dict(), "layers": len(self.layers)}
 
 
+def folded_bias(layer: Layer, zero_point: int) -> np.ndarray:
+    """int32 bias - z_x * (sum of the weights each output channel reduces over): a kernel
+    that multiplies the raw uint8 input (padded with z_x, the real value 0) adds this instead
+    of subtracting z_x from every input, and gets the same accumulator exactly."""
+    w = layer.weight.astype(np.int64)
+    sums = w.reshape(w.shape[0], -1).sum(axis=1)
+    folded = layer.bias.astype(np.int64) - zero_point * sums
+    if np.any(np.abs(folded) >= 2 ** 31):
+        raise UsageError(f"layer {layer.y}: its bias with the input zero point folded in "
+                         "overflows int32; the model's bias scales are degenerate: quantize "
+                         "it again")
+    return folded.astype(np.int32)
+
+
 def _channel(v: np.ndarray, ndim: int) -> np.ndarray:
     return v.reshape((1, -1) + (1,) * (ndim - 2))
 
