@@ -15,16 +15,19 @@ import tvm.s_tir as s_tir
 
 from edge_mnv1 import log
 from edge_mnv1.compiler import schedules
+from edge_mnv1.compiler.integer import options_for as integer_options
+from edge_mnv1.compiler.integer_arm_m import EXTERN_ATTR
 from edge_mnv1.compiler.schedules.anatomy import inline_all
 from edge_mnv1.compiler.tvm_target import vector_unit
 
 
 def layout_for(target, integer: bool) -> tuple[str, bool]:
-    """(activation layout, prepack weights) for a compile: the target file's choice for float
-    models; integer models keep the imported layout (their per-channel requantization
-    constants are built for NCHW in compiler/integer.py)."""
+    """(activation layout, prepack weights) for a compile: the target file's choice; an
+    integer model is built in that layout by compiler/integer.py (ConvertLayout then finds
+    nothing left to convert) and keeps its weights as built."""
     if integer:
-        return "NCHW", False
+        # Prepacked where the target prepacks: the int8 dot-product kernels read panels.
+        return integer_options(target)[0], target.prepack_weights
     return target.layout, target.prepack_weights
 
 
@@ -46,6 +49,10 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, fold_constants: bool = Tr
         *([relax.transform.FoldConstant()] if fold_constants else []),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
+        # Kernels of constants alone (an integer graph's unfused casts of requantization
+        # constants) run now: prepack_weights folds constants later, and the calls must not
+        # change between the graph MACs are read from and the compiled one.
+        *([relax.transform.FoldConstant()] if prepack and not fold_constants else []),
         relax.transform.DeadCodeElimination(),
         *([relax.transform.AttachAttrLayoutFreeBuffers()] if prepack else []),
     ]
@@ -121,7 +128,8 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target | None 
     out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
     done, classes, packed = [], {}, False
     for gv, func in list(out.functions.items()):
-        if isinstance(func, tirx.PrimFunc) and not is_scheduled(func):
+        if isinstance(func, tirx.PrimFunc) and not is_scheduled(func) \
+                and not (func.attrs or {}).get(EXTERN_ATTR):   # a call into the runtime
             made = schedules.apply(func, unit) if unit is not None else None
             out.update_func(gv, made.func if made else default_schedule(func))
             done.append(gv.name_hint)

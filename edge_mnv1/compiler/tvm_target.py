@@ -42,6 +42,7 @@ class VectorUnit:
     lanes: int
     registers: int
     parallel: bool
+    int8: str = ""      # integer dot product: vnni | avx2 | neon | dotprod ("": none)
 
 
 def vector_unit(tvm_target: tvm.target.Target) -> VectorUnit:
@@ -54,11 +55,12 @@ def vector_unit(tvm_target: tvm.target.Target) -> VectorUnit:
         return bool(llvm_codegen.target_has_features(feature, tvm_target))
 
     if triple.startswith(("x86_64", "i686", "i386")):
+        int8 = "vnni" if has("avx512vnni") else ("avx2" if has("avx2") else "")
         if has("avx512f"):
-            return VectorUnit(16, 32, parallel)
-        return VectorUnit(8, 16, parallel) if has("avx2") else VectorUnit(4, 16, parallel)
-    if triple.startswith(("aarch64", "arm64")):
-        return VectorUnit(4, 32, parallel)             # NEON: 32 x 128-bit
+            return VectorUnit(16, 32, parallel, int8)
+        return VectorUnit(8, 16, parallel, int8) if has("avx2") else VectorUnit(4, 16, parallel)
+    if triple.startswith(("aarch64", "arm64")):         # NEON: 32 x 128-bit
+        return VectorUnit(4, 32, parallel, "dotprod" if has("dotprod") else "neon")
     if triple.startswith(("thumb", "arm")):
         if has("mve.fp"):
             return VectorUnit(4, 8, parallel)          # Helium: 8 x 128-bit Q registers

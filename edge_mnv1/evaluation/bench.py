@@ -10,6 +10,7 @@ host alternate. Programs under an emulator are flagged: their times are not the 
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -117,6 +118,24 @@ def _measure(art: Artifact, urls: list[str], runs: int, warmup: int, rounds: int
             rounds_mod.merge_hosts(host_rounds))
 
 
+def _versus_counts(versus, counts: dict) -> dict:
+    """The --versus artifact's program counted the same way (e.g. the fp32 program beside
+    an int8 one on the emulated Pi): its instructions and this one's ratio to them."""
+    if not counts.get("instructions_per_inference"):
+        return {}
+    from edge_mnv1.emulators.count_program import artifact_counts
+
+    with fleet.THIS_MACHINE:
+        log.info("counting the --versus artifact's instructions under the same emulator")
+        c = artifact_counts(Artifact.load(versus),
+                            workers=min(2, len(os.sched_getaffinity(0)))) or {}
+    n = c.get("instructions_per_inference")
+    if not n:
+        return {"instructions_error": c.get("instructions_error", "not counted")}
+    return {"instructions_per_inference": n, "instructions_per_mac": c["instructions_per_mac"],
+            "instructions_ratio": round(counts["instructions_per_inference"] / n, 3)}
+
+
 def bench(artifact, urls: list[str], runs: int = 50, warmup: int = 5, threads: int = 2,
           report_dir=None, checkpoint=None, host: bool = True, count: bool = True,
           versus=None, rounds: int = 1) -> dict:
@@ -127,11 +146,14 @@ def bench(artifact, urls: list[str], runs: int = 50, warmup: int = 5, threads: i
     engines = HostBaselines(art, threads, checkpoint) if host else None
     outcomes, baselines = _measure(art, urls, runs, warmup, rounds, engines, versus)
     counts = instruction_counts(art) if count else {}
+    other_counts = _versus_counts(versus, counts) if count and versus else {}
     for o in outcomes:
         r = o.result
         attach_baselines(r, baselines)
         rounds_mod.ratio_from_rounds(r)
         r.update(counts)
+        if other_counts and r.get("versus"):
+            r["versus"].update(other_counts)
         r["threads"] = threads
         r["machine"] = load
         r["warnings"] = list(load["warnings"]) + ([r["emulated_note"]] if r.get("emulated")

@@ -84,6 +84,10 @@ def _rounds_and_versus_lines(r: dict) -> list[str]:
             f"{v['device_median_ticks']:,.0f} {v['tick_unit']}"
         lines.append(f"  versus        {v['model']} ({v['artifact']}) on the same device: median "
                      f"{fig}" + (f"; this / that = {v['ratio']:.3f}x" if v["ratio"] else ""))
+        if v.get("instructions_per_inference"):
+            lines.append(f"  versus        {v['instructions_per_inference']:,} instructions per "
+                         f"inference, {v['instructions_per_mac']:.3f} per multiply-add; this / "
+                         f"that = {v['instructions_ratio']:.3f} (counted the same way)")
     return lines
 
 
@@ -140,6 +144,10 @@ def _count_bars(results: list[dict], model: str) -> list[tuple]:
         if r.get("instructions_per_inference"):
             m = r["instructions_per_inference"] / 1e6
             bars.append((f"{model} ({r['target']}, qemu-user plugin)", m, m, m))
+            v = r.get("versus") or {}
+            if v.get("instructions_per_inference"):
+                m = v["instructions_per_inference"] / 1e6
+                bars.append((f"{v['model']} ({r['target']}, qemu-user plugin)", m, m, m))
         if r.get("onnxruntime_instructions_per_inference"):
             m = r["onnxruntime_instructions_per_inference"] / 1e6
             bars.append((f"ONNX Runtime aarch64 ({r['target']}, same plugin)", m, m, m))

@@ -3,7 +3,10 @@
 `apply` recognizes a kernel's class from its blocks (anatomy), sizes a register tile for the
 target's vector unit (tiling) and builds the register-blocked loop nest (blocked), asking
 for prepacked weights where the target allows it (prepack). Kernels of no known class
-(transposes, reshapes, integer kernels) return None: the caller keeps its plain default.
+(transposes, reshapes) return None: the caller keeps its plain default. Integer kernels
+(uint8 x int8 -> int32 reduction + requantization epilogue) get the target's dot-product
+micro-kernel where they are pointwise (int8_kernels), the register-blocked one otherwise,
+on targets with an integer kind (tvm_target.VectorUnit.int8).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import tvm.s_tir as s_tir
 import tvm.tirx as tirx
 
 from edge_mnv1 import log
-from edge_mnv1.compiler.schedules import blocked, prepack, tiling
+from edge_mnv1.compiler.schedules import blocked, int8_kernels, prepack, tiling
 from edge_mnv1.compiler.schedules.anatomy import analyse, inline_all
 from edge_mnv1.compiler.tvm_target import VectorUnit
 
@@ -28,10 +31,14 @@ class Scheduled(NamedTuple):
 
 def apply(func: tirx.PrimFunc, unit: VectorUnit) -> Scheduled | None:
     """The scheduled kernel, or None for a kernel of no known class."""
+    dot = int8_kernels.apply(func, unit)    # integer pointwise on a dot-product instruction
+    if dot is not None:
+        return Scheduled(dot, "pointwise-int8", True)
     sch = s_tir.Schedule(func)
     inline_all(sch)
     anatomy = analyse(sch, func)
-    tile = tiling.choose(anatomy, unit) if anatomy is not None else None
+    unit = int8_kernels.unit_for(sch, anatomy, unit) if anatomy is not None else None
+    tile = tiling.choose(anatomy, unit) if unit is not None else None
     if tile is None:
         return None
     try:

@@ -69,8 +69,8 @@ def analyse(sch: s_tir.Schedule, func: tirx.PrimFunc) -> Anatomy | None:
         return None
     pos = {iv.var: i for i, iv in enumerate(ivars)}
     out = node.writes[0]
-    if out.source.dtype != "float32" or len(node.writes) != 1:
-        return None     # integer kernels keep the plain default
+    if out.source.dtype not in ("float32", "int32") or len(node.writes) != 1:
+        return None     # float, or an integer reduction into int32 accumulators
     spatial = [pos.get(r.min) for r in out.region]      # in the output's dimension order
     data_parallel = [i for i, iv in enumerate(ivars) if iv.iter_type == SPATIAL]
     if None in spatial or sorted(spatial) != data_parallel:

@@ -184,7 +184,7 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
     threads = target.threads if target.threads > 0 else len(os.sched_getaffinity(0))
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
 
-    relax_mod, dtype, int_model = frontend.import_model(model)
+    relax_mod, dtype, int_model = frontend.import_model(model, str(model_path), target)
     layout, prepack = lowering.layout_for(target, int_model is not None)
     key_name = records.model_key(meta, shape, dtype, model_path.read_bytes(), layout)
     rec_dir = records.records_dir(resolved.cpu_key, key_name, tuning_root)

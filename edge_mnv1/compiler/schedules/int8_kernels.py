@@ -1,0 +1,57 @@
+"""Which integer micro-kernel a kernel gets on this target: the CPU's dot-product
+instruction (compiler/tvm_target.py: `VectorUnit.int8`) for a channels-last pointwise
+convolution of uint8 by int8 whose weights may be prepacked; None for every other kernel,
+which then gets the register-blocked default (blocked.py, int32 lanes)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import tvm
+import tvm.s_tir as s_tir
+import tvm.tirx as tirx
+
+from edge_mnv1 import log
+from edge_mnv1.compiler.schedules import int8_blocked, int8_neon, int8_x86, prepack
+from edge_mnv1.compiler.schedules.anatomy import analyse, inline_all
+from edge_mnv1.compiler.tvm_target import VectorUnit
+
+
+def dots_for(unit: VectorUnit) -> list[int8_blocked.Int8Dot]:
+    return int8_x86.dots_for(unit.int8) + int8_neon.dots_for(unit.int8)
+
+
+def apply(func: tirx.PrimFunc, unit: VectorUnit) -> tirx.PrimFunc | None:
+    dots = dots_for(unit)
+    if not dots:
+        return None
+    sch = s_tir.Schedule(func)
+    inline_all(sch)
+    anatomy = analyse(sch, func)
+    if anatomy is None or not prepack.layout_free(func, anatomy.weight):
+        return None
+    shaped = int8_blocked.fit(sch, anatomy, dots)
+    if shaped is None:
+        return None
+    try:
+        int8_blocked.apply(sch, anatomy, shaped, unit.parallel)
+    except (s_tir.ScheduleError, tvm.error.InternalError, ValueError) as err:
+        log.info(f"default schedule: an int8 pointwise kernel kept the generic one: "
+                 f"{str(err).strip().splitlines()[-1][:200]}")
+        return None
+    return sch.mod["main"]
+
+
+def unit_for(sch: s_tir.Schedule, a, unit: VectorUnit) -> VectorUnit | None:
+    """The vector unit a kernel on the register-blocked default is sized by; None keeps an
+    integer kernel plain on a target without an integer kind (firmware: no workspace). On
+    NEON an integer vector is 8 int32 (two registers): LLVM then multiplies int16 halves
+    with smlal/smlal2 instead of widening every operand to int32 (rpi4, 0.25/64: depthwise
+    2.37 -> 1.67 instructions per multiply-add, first conv 1.91 -> 1.29)."""
+    if sch.get(a.block).writes[0].source.dtype != "int32":
+        return unit
+    if not unit.int8:
+        return None
+    if unit.int8 in ("neon", "dotprod"):
+        return replace(unit, lanes=unit.lanes * 2, registers=unit.registers // 2)
+    return unit
