@@ -167,8 +167,18 @@ def _check_regions(artifact: Artifact, report: dict, program: Path | None) -> di
     report = dict(report, stage="linked" if linked else "planned", regions=regions,
                   **_kind_totals(usage, linked, where))
     if over:
-        _refuse(target, over, linked, report)
+        _refuse(target, over, linked, report, _patch_note(artifact.manifest.get("patches")))
     return report
+
+
+def _patch_note(p: dict | None) -> str:
+    """Both plans, for a refusal: the arena with the patches tried and layer by layer."""
+    if not p:
+        return ""
+    tried = f"with patches {p['split']}" if p["split"] else "with no patch split that helps"
+    return (f" The arena was planned {tried}: {p['arena_estimate_patched']:,} B (input read "
+            f"in the frame buffer); layer by layer it needs {p['arena_estimate_layer_by_layer']:,}"
+            f" B (bound {p['layer_by_layer_bound']:,} B).")
 
 
 def _kind_totals(usage: dict[str, dict[str, int]], linked: bool, where: dict[str, str]) -> dict:
@@ -187,7 +197,7 @@ def _kind_totals(usage: dict[str, dict[str, int]], linked: bool, where: dict[str
     return {"flash_bytes": flash, "ram_bytes": ram}
 
 
-def _refuse(target: Target, over: list, linked: bool, report: dict) -> None:
+def _refuse(target: Target, over: list, linked: bool, report: dict, note: str = "") -> None:
     lines = []
     for name, r, used, items in over:
         parts = ", ".join(f"{k} {v:,}" for k, v in sorted(items.items(), key=lambda kv: -kv[1]))
@@ -196,6 +206,6 @@ def _refuse(target: Target, over: list, linked: bool, report: dict) -> None:
     stage = "the linked firmware" if linked else "the memory plan"
     raise CheckFailed(
         f"the model does not fit {target.name} ({stage}): " + "; ".join(lines)
-        + f". Flash needed {report['flash_bytes']:,} B, RAM {report['ram_bytes']:,} B. "
-        "Use a smaller alpha or resolution, quantize to int8, or choose a target with more "
-        "memory (or move a use to a bigger region in the target's [memory] table).")
+        + f". Flash needed {report['flash_bytes']:,} B, RAM {report['ram_bytes']:,} B."
+        + note + " Use a smaller alpha or resolution, quantize to int8, or choose a target "
+        "with more memory (or move a use to a bigger region in the target's [memory] table).")

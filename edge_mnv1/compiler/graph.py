@@ -43,6 +43,9 @@ class Program:
     calls: list[CallInfo] = field(default_factory=list)
     input: int = -1
     output: int = -1
+    # A patched program reads its input where the protocol received it (the frame buffer)
+    # instead of a copy in the arena, which then holds activations only.
+    input_in_frame_buffer: bool = False
 
     def of_kind(self, kind: str) -> list[TensorInfo]:
         return [t for t in self.tensors if t.kind == kind]

@@ -48,9 +48,17 @@ def _place(live: list[TensorInfo], order) -> tuple[int, dict[int, int]]:
     return size, {t.index: off for t, off in placed}
 
 
+def _in_arena(prog: Program) -> list[TensorInfo]:
+    return [t for t in prog.tensors if t.kind != "weight"
+            and not (t.kind == "input" and prog.input_in_frame_buffer)]
+
+
 def plan_arena(prog: Program) -> int:
-    """Assigns offsets to input, output and activations; returns the arena size in bytes."""
-    live = [t for t in prog.tensors if t.kind != "weight"]
+    """Assigns offsets to input, output and activations; returns the arena size in bytes.
+    An input read from the frame buffer gets offset 0 there."""
+    live = _in_arena(prog)
+    if prog.input_in_frame_buffer:
+        prog.tensors[prog.input].offset = 0
     size, offsets = min((_place(live, order) for order in _ORDERS.values()),
                         key=lambda r: r[0])
     for t in live:
@@ -59,13 +67,13 @@ def plan_arena(prog: Program) -> int:
 
 
 def liveness_lower_bound(prog: Program) -> int:
-    live = [t for t in prog.tensors if t.kind != "weight"]
+    live = _in_arena(prog)
     steps = range(-1, len(prog.calls) + 1)
     return max(sum(_align(t.nbytes) for t in live if t.first <= s <= t.last) for s in steps)
 
 
 def total_activation_bytes(prog: Program) -> int:
-    return sum(_align(t.nbytes) for t in prog.tensors if t.kind != "weight")
+    return sum(_align(t.nbytes) for t in _in_arena(prog))
 
 
 def plan_weights(prog: Program) -> int:

@@ -10,7 +10,9 @@ HELP = ("compile an ONNX model for a target into an artifact (kernels, static me
 
 
 def add_arguments(p):
-    p.add_argument("model", metavar="MODEL.onnx", help="model written by `edge-mnv1 export`")
+    p.add_argument("model", metavar="MODEL.onnx", help="a MobileNetV1-family model: from `edge-mnv1 export`, "
+                   "`edge-mnv1 quantize`, or your own exporter (any H x W, any channels, "
+                   "static or dynamic batch; docs/parity.md)")
     p.add_argument("--target", "-t", required=True,
                    help="target name (a file under targets/) or a path to a target .toml")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="artifact directory")
@@ -20,6 +22,11 @@ def add_arguments(p):
                    help="kernels as an LLVM object file or as C for the target's compiler "
                         "(default: the target file's choice)")
     p.add_argument("--no-build", action="store_true", help="write the artifact only")
+    p.add_argument("--patches", metavar="auto|off|PxP@K", default=None,
+                   help="run the first K spatial layers in P x P tiles of layer K's output "
+                        "(halos recomputed) so the arena shrinks below the layer-by-layer "
+                        "bound; auto searches P and K within 10%% more MACs (default: the "
+                        "target file's [compile] patches, auto on the MCU targets)")
     p.add_argument("--sanitize", metavar="LIST",
                    help="build the Linux program with sanitizers, e.g. address,undefined "
                         "(ASan + UBSan; for tests, not for timing; recorded in the manifest)")
@@ -40,7 +47,7 @@ def run(args) -> dict:
             raise UsageError("--sanitize applies to the program: drop --no-build")
         args.sanitize = check_sanitize(target, args.sanitize)  # refused before compiling
     art = compile_artifact(args.model, target, out, use_records=not args.untuned,
-                           emit_kind=args.emit)
+                           emit_kind=args.emit, patches=args.patches)
     report = budget.check(art)  # refuses (exit 1) before building if it cannot fit
     program = None
     if not args.no_build:

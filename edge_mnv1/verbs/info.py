@@ -28,7 +28,13 @@ def run(args) -> dict:
         from edge_mnv1.artifact.artifact import Artifact
         from edge_mnv1.artifact.budget import artifact_budget
 
-        return artifact_budget(Artifact.load(args.model))
+        art = Artifact.load(args.model)
+        result = artifact_budget(art)
+        patches = art.manifest.get("patches")
+        if patches:
+            result["patches"] = patches
+            result["text"] += "\n" + patch_table(patches, art.manifest.memory)
+        return result
     if args.model is not None:
         given = [f"--{k.replace('_', '-')}" for k in ("alpha", "resolution", "classes",
                                                       "standard_conv") if getattr(args, k)]
@@ -110,3 +116,29 @@ def _totals(s) -> str:
     return (f"total: {s['macs']:,} MACs ({s['macs'] / 1e6:.1f}M), {s['params']:,} parameters "
             f"({s['params'] / 1e6:.2f}M; {s['params_without_bn']:,} without BN, "
             f"{s['params_folded']:,} with BN folded into conv biases)")
+
+
+def patch_table(p: dict, memory: dict) -> str:
+    """The plan of compiler/patches.py per layer: sizes, what is live, the split, MACs."""
+    split = p["split"]
+    lines = [f"patches: {split or 'none (layer by layer)'} (requested {p.get('requested')}): "
+             f"arena {memory['arena_bytes']:,} B planned"
+             + (" (input read in the frame buffer)" if split else "")
+             + f"; layer by layer {p['arena_estimate_layer_by_layer']:,} B (input copied into "
+             f"the arena); layer-by-layer bound {p['layer_by_layer_bound']:,} B (largest "
+             f"input + output of one layer)",
+             f"  extra MACs {p['extra_macs']:,} ({p['extra_macs_percent']:.2f} % of "
+             f"{p['conv_macs']:,}); tiles {p['tiles']}x{p['tiles']} of layer {p['stage']}'s "
+             "output" if split else "  no split beats layer by layer"]
+    head = (f"  {'layer':>5} {'op':<4} {'k':>3} {'s':>1} {'in':>9} {'out':>9} "
+            f"{'in B':>8} {'out B':>8} {'live B':>8} {'MACs':>11}  per tile")
+    lines.append(head)
+    for r in p["steps"]:
+        hw = lambda v: f"{v[0]}x{v[1]}"  # noqa: E731
+        tile = (f"  tile in {r['tile_in_bytes']:,} + out {r['tile_out_bytes']:,} B, "
+                f"{r['tile_macs']:,} MACs" if "tile_out_bytes" in r else "")
+        lines.append(f"  {r['step']:>5} {r['kind']:<4} {r['kernel'][0]:>3} {r['stride'][0]:>1} "
+                     f"{hw(r['in_hw']):>9} {hw(r['out_hw']):>9} {r['in_bytes']:>8,} "
+                     f"{r['out_bytes']:>8,} {r['in_bytes'] + r['out_bytes']:>8,} "
+                     f"{r['macs']:>11,}{tile}")
+    return "\n".join(lines)
