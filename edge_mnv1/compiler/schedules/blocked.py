@@ -51,9 +51,9 @@ def apply(sch: s_tir.Schedule, a: Anatomy, tile: Tile, layout_free: bool) -> boo
     for lp in inner + (reduction if tile.unroll_reduction else []):
         sch.unroll(lp)
     sch.vectorize(v_lane)
-    _vectorize_tail(sch, a.epilogue, tile.lanes)
+    vectorize_tail(sch, a.epilogue, tile.lanes)
     # After the loops are annotated (an update block alone is not a reduction to vectorize).
-    _vectorize_tail(sch, sch.decompose_reduction(a.block, reduction[0]), tile.lanes)
+    vectorize_tail(sch, sch.decompose_reduction(a.block, reduction[0]), tile.lanes)
 
     dim = _weight_dim(a)
     packed = layout_free and dim is not None
@@ -71,7 +71,7 @@ def _weight_dim(a: Anatomy) -> int | None:
     return None if dim == len(a.weight_dims) - 1 else dim
 
 
-def _vectorize_tail(sch: s_tir.Schedule, block, lanes: int) -> None:
+def vectorize_tail(sch: s_tir.Schedule, block, lanes: int) -> None:
     """The loops of `block` below the fused outer one: one loop, split into vectors of
     `lanes` (vectorized) and the rest (unrolled)."""
     loops = sch.get_loops(block)[1:]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import tvm.s_tir as s_tir
 import tvm.tirx as tirx
 
+from edge_mnv1.compiler.schedules import blocked
 from edge_mnv1.compiler.schedules.anatomy import Anatomy
 
 
@@ -97,7 +98,7 @@ def apply(sch: s_tir.Schedule, a: Anatomy, dot: Int8Dot, parallel: bool) -> None
     sch.unroll(x_reg)
     sch.unroll(o_reg)
     for block in (init, a.epilogue):
-        _vectorize_tail(sch, block, dot.lanes)
+        blocked.vectorize_tail(sch, block, dot.lanes)
 
 
 def _prepack(sch: s_tir.Schedule, a: Anatomy, dot: Int8Dot, k_axis: int) -> None:
@@ -120,13 +121,3 @@ def _prepack(sch: s_tir.Schedule, a: Anatomy, dot: Int8Dot, k_axis: int) -> None
     sch.transform_layout(a.block, ("read", index),
                          tirx.IndexMap.from_func(panels, ndim=len(a.weight.shape)))
 
-
-def _vectorize_tail(sch: s_tir.Schedule, block, lanes: int) -> None:
-    """The loops of `block` below the fused outer one, vectorized by `lanes` int32."""
-    loops = sch.get_loops(block)[1:]
-    if not loops:
-        return
-    tail = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    rest, lane = sch.split(tail, [None, lanes])
-    sch.vectorize(lane)
-    sch.unroll(rest)
