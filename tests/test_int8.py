@@ -323,7 +323,7 @@ def test_tuned_integer_kernels_stay_bit_exact(int8_model, tmp_path):
         [*CLI, *map(str, a), "--json"], env=env, cwd=REPO, capture_output=True, text=True,
         check=True, timeout=1200).stdout)
     t = run("tune", int8_model[0], "--target", "host", "--trials", "8", "--minutes", "10")
-    assert t["model_key"].endswith("-int8") and t["trials_after"] >= 8
+    assert "-int8" in t["model_key"] and t["trials_after"] >= 8
     run("compile", int8_model[0], "--target", "host", "-o", tmp_path / "tuned")
     manifest = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
     assert manifest["tuning"]["applied"], "no record applied"
