@@ -271,7 +271,7 @@ def test_alpha_0_25_at_96_int8_counts_and_arena(untrained_ckpt_factory, tmp_path
     q = tmp_path / "m-int8.onnx"
     cli_json("quantize", fp32, "--calib", "digits:50", "-o", q)
     art = tmp_path / board
-    r = _compile(q, board, art)
+    r = cli_json("compile", q, "--target", board, "-o", art, "--patches", "off")  # layer by layer
     assert r["arena_bytes"] == r["liveness_lower_bound"] == 48 * 48 * (8 + 16)
     p = cli_json("parity", art, "--device", "emulated", "--data", "digits:10",
                  "--reference", "integer")
@@ -289,7 +289,8 @@ def test_alpha_0_25_at_96_fits_a_256k_ram_512k_flash_board(untrained_ckpt_factor
     cli_json("export", ckpt, "-o", fp32)
     q = tmp_path / "m-int8.onnx"
     cli_json("quantize", fp32, "--calib", "photos", "-o", q, "--eval", "photos")
-    r = _compile(q, "nucleo-f722ze", tmp_path / "f7")
+    r = cli_json("compile", q, "--target", "nucleo-f722ze", "-o", tmp_path / "f7", "--patches",
+                 "off")   # layer by layer; tests/test_patches.py has the patched builds
     b = r["budget"]
     assert b["stage"] == "linked"
     assert b["flash_bytes"] <= 512 * 1024 and b["ram_bytes"] <= 256 * 1024, b

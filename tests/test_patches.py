@@ -6,11 +6,14 @@ bit-exact and fp32 within 1e-4 of their references, the budget refusal with both
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from compiled import cli, cli_json
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +91,48 @@ def test_fp32_patched_within_1e_4(models, tmp_path):
 
 
 
+
+
+@pytest.mark.slow
+@pytest.mark.emulator
+def test_int8_cortex_m_patched_is_bit_exact_over_serial(models, tmp_path):
+    """The int8 Cortex-M path (each layer a call of the runtime's C kernel) with the target
+    file's default: the calls re-made per tile with the tile's shape and border pads give
+    the integer reference's outputs; the weights are stored once, not per tile."""
+    art = tmp_path / "m7"
+    r = cli_json("compile", models[1], "--target", "mps2-an500", "-o", art)
+    m = json.loads((art / "manifest.json").read_text())
+    assert m["patches"]["requested"] == "auto" and m["patches"]["split"] == "2x2@8"
+    assert r["arena_bytes"] <= 0.5 * 55_296                   # uint8 layer-by-layer bound
+    plain = cli_json("compile", models[1], "--target", "mps2-an500", "-o", tmp_path / "off",
+                     "--patches", "off")
+    assert plain["arena_bytes"] == 55_296 and plain["weight_bytes"] == r["weight_bytes"]
+    text = cli("info", art).stdout      # the plan per layer, both arenas and the bound
+    assert "patches: 2x2@8 (requested auto): arena 26,048 B planned" in text
+    assert "layer by layer 55,296 B (input read in the frame buffer); layer-by-layer bound " \
+        "55,296 B" in text and "tile in" in text
+    p = cli_json("parity", art, "--device", "emulated", "--data", "digits:3",
+                 "--reference", "integer")
+    assert p["passed"] and p["n"] == 3 and p["max_abs_error"] == 0.0
+
+
+@pytest.mark.slow
+def test_fits_only_with_patches(models, tmp_path):
+    """A board whose RAM holds the patched plan but not the layer-by-layer one (the F722's
+    file with 88 KB of SRAM, for the 0.25/96 int8 model): refused with both plans without
+    patches, accepted and built with them."""
+    text = (REPO / "targets" / "nucleo-f722ze.toml").read_text()
+    old = "length = 0x00040000"
+    assert old in text, "targets/nucleo-f722ze.toml's sram changed"
+    target = tmp_path / "small" / "nucleo-f722ze.toml"
+    target.parent.mkdir()
+    target.write_text(text.replace(old, "length = 0x00016000"))
+    r = cli("compile", models[1], "--target", target, "-o", tmp_path / "off", "--patches",
+            "off", check=False)
+    assert r.returncode == 1 and "does not fit" in r.stderr and "arena 55,296" in r.stderr
+    built = cli_json("compile", models[1], "--target", target, "-o", tmp_path / "auto")
+    assert built["budget"]["stage"] == "linked" and built["arena_bytes"] < 55_296 // 2
+    assert built["budget"]["ram_bytes"] <= 0x16000
 
 
 def test_plan_for_0_25_at_96_matches_the_shapes(models):

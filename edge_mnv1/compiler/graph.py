@@ -101,12 +101,12 @@ def extract(mod: tvm.IRModule) -> Program:
             args = []
             for a in value.args[1].fields:
                 if isinstance(a, Constant):
-                    t = consts.get(id(a), (None, None))[1]
+                    t = consts.get(a, (None, None))[1]   # keyed by the node (same_as)
                     if t is None:
                         arr = a.value.numpy()
                         t = add(f"w{len(consts)}", tuple(arr.shape), str(arr.dtype), "weight",
                                 np.ascontiguousarray(arr))
-                        consts[id(a)] = (a, t)  # keeps `a` alive, so its id stays unique
+                        consts[a] = (a, t)
                     args.append(t)
                 elif isinstance(a, relax.Var) and a in by_var:
                     args.append(by_var[a])

@@ -46,21 +46,22 @@ def kind_of(layer: Layer, zx: int) -> str | None:
 
 
 def _extern(bb: relax.BlockBuilder, name: str, kernel: str, inputs: list, out_shape: list,
-            scalars: list):
+            scalars: list, dtype: str = "uint8"):
     """A kernel named `kernel` (not `name`: the symbols would clash) whose body calls
-    `name`(input pointers..., output pointer, scalars...)."""
+    `name`(input pointers..., output pointer, scalars...); its output is `dtype`."""
     def compute(*tensors):
         return te.extern([out_shape], list(tensors), lambda ins, outs: tirx.call_extern(
             "int32", name, *[b.data for b in ins], outs[0].data,
             *[tirx.IntImm("int32", int(v)) for v in scalars]),
-            dtype="uint8", name=name)
+            dtype=dtype, name=name)
     return bb.emit_te(compute, *inputs, primfunc_name_hint=kernel)
 
 
 def layer_call(bb: relax.BlockBuilder, feature: str, layer: Layer, src, in_shape: list,
-               nchw_input: bool, zx: int, zy: int):
+               nchw_input: bool, zx: int, zy: int, consts: list | None = None):
     """The layer as a call of the runtime's kernel, or None when no C kernel fits it.
-    `in_shape` is the input's NHWC shape (its NCHW one when `nchw_input`)."""
+    `in_shape` is the input's NHWC shape (its NCHW one when `nchw_input`); `consts` the
+    constants of an earlier call of this layer (a tile's call shares its weights)."""
     kind = kind_of(layer, zx)
     if kind is None or (nchw_input and kind != "conv"):
         return None
@@ -72,9 +73,10 @@ def layer_call(bb: relax.BlockBuilder, feature: str, layer: Layer, src, in_shape
     ho, wo = (h + top + bottom - kh) // sh + 1, (w + left_pad + right_pad - kw) // sw + 1
     offset = _INPUT_OFFSET[feature] if kind == "pointwise" else 0
     left, right = split_shift(layer.shift)
-    consts = [_const(layer.weight.transpose(0, 2, 3, 1)),                     # OHWI
-              _const(folded_bias(layer, zx - offset)),
-              *[_const(np.asarray(v).astype(np.int32)) for v in (layer.mult, left, right)]]
+    consts = consts or [_const(layer.weight.transpose(0, 2, 3, 1)),           # OHWI
+                        _const(folded_bias(layer, zx - offset)),
+                        *[_const(np.asarray(v).astype(np.int32)) for v in (layer.mult, left,
+                                                                           right)]]
     clamp = [zy, layer.lo, layer.hi]
     if kind == "pointwise":
         scalars = [h * w, c, o, *clamp]

@@ -63,7 +63,7 @@ class Plan:
 
     split: Split | None
     arena_patched: int             # the estimate with this split
-    arena_layer_by_layer: int      # the estimate without patches (input copied into the arena)
+    arena_layer_by_layer: int      # the estimate without patches (input in the arena or not)
     layer_by_layer_bound: int      # the largest input + output of one layer
     macs: int                      # of the patched steps, layer by layer
     extra_macs: int                # recomputed halos
@@ -135,8 +135,10 @@ def layer_by_layer_bound(steps: list[Step], input_bytes: int) -> int:
     return max(i + s.out_bytes for i, s in zip(ins, steps))
 
 
-def _program(steps: list[Step], input_bytes: int, split: Split | None) -> Program:
-    """The tensors and calls the (patched) program materializes, for the planner."""
+def _program(steps: list[Step], input_bytes: int, split: Split | None,
+             in_place: bool = False) -> Program:
+    """The tensors and calls the (patched) program materializes, for the planner;
+    `in_place`: the program reads its input in the frame buffer even layer by layer."""
     prog = Program()
 
     def tensor(nbytes: int, kind: str = "activation") -> TensorInfo:
@@ -176,18 +178,21 @@ def _program(steps: list[Step], input_bytes: int, split: Split | None) -> Progra
     prog.tensors[prog.output].kind = "output"
     prog.tensors[prog.output].last = x.last = len(prog.calls)
     # Patched, the kernels read the input in the frame buffer: the arena holds activations
-    # only. Layer by layer, as compiled without patches, it keeps a copy of the input.
-    prog.input_in_frame_buffer = split is not None
+    # only. Layer by layer the arena keeps a copy of the input, except where the kernels
+    # read it in place (compiler/integer_arm_m.py).
+    prog.input_in_frame_buffer = split is not None or in_place
     return prog
 
 
-def arena(steps: list[Step], input_bytes: int, split: Split | None) -> int:
-    return memory.plan_arena(_program(steps, input_bytes, split))
+def arena(steps: list[Step], input_bytes: int, split: Split | None,
+          in_place: bool = False) -> int:
+    return memory.plan_arena(_program(steps, input_bytes, split, in_place))
 
 
-def plan(steps: list[Step], input_bytes: int, split: Split | None) -> Plan:
+def plan(steps: list[Step], input_bytes: int, split: Split | None,
+         in_place: bool = False) -> Plan:
     bound = layer_by_layer_bound(steps, input_bytes)
-    plain = arena(steps, input_bytes, None)
+    plain = arena(steps, input_bytes, None, in_place)
     if split is None:
         return Plan(None, plain, plain, bound, 0, 0)
     if split.stage > len(steps) or split.tiles > steps[split.stage - 1].out_hw[0] \
@@ -201,12 +206,13 @@ def plan(steps: list[Step], input_bytes: int, split: Split | None) -> Plan:
                 extra_macs(steps, split, windows), windows)
 
 
-def search(steps: list[Step], input_bytes: int, mac_budget: float = DEFAULT_MAC_BUDGET) -> Plan:
+def search(steps: list[Step], input_bytes: int, mac_budget: float = DEFAULT_MAC_BUDGET,
+           in_place: bool = False) -> Plan:
     """The split with the smallest arena whose recomputed halos stay within `mac_budget` of
     the whole network's multiply-adds (fewer extra MACs on a tie); layer by layer when no
     split beats it."""
     total = sum(s.macs for s in steps) or 1
-    best = plan(steps, input_bytes, None)
+    best = plan(steps, input_bytes, None, in_place)
     best_key = (best.arena_patched, 0)
     for stage in range(1, len(steps) + 1):
         hw = steps[stage - 1].out_hw
@@ -217,5 +223,5 @@ def search(steps: list[Step], input_bytes: int, mac_budget: float = DEFAULT_MAC_
                 continue
             key = (arena(steps, input_bytes, split), extra)
             if key < best_key:
-                best_key, best = key, plan(steps, input_bytes, split)
+                best_key, best = key, plan(steps, input_bytes, split, in_place)
     return best

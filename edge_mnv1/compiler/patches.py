@@ -1,197 +1,32 @@
 """Patch-based execution of the early stages, on the imported Relax graph: the output of
 spatial step K split into P x P tiles, each computed through steps 1..K from its own input
 window (halo included, recomputed), the tiles concatenated into step K's output, the rest of
-the network layer by layer (compiler/patch_plan.py has the arithmetic and the search).
+the network layer by layer (compiler/patch_chain.py reads the steps off the graph,
+compiler/patch_plan.py has the arithmetic and the search).
 
-The chain is read off `main` from the input on: `nn.conv2d` (any groups and strides) and
-`nn.pad` are the spatial ops, re-emitted on each tile with the padding of the tile's border
-(a window inside the image has none: its halo is real data); elementwise ops, casts and
-`permute_dims` pass through (their per-channel constants broadcast over a tile as over the
-whole map). The integer graph's first conv, a TE kernel that pads with the input's zero
-point (compiler/integer.py), is re-made for each tile from the integer model's layer. A
-convolution of a window is the same integers (or the same float operations in the same
-order), so int8 stays bit-exact and fp32 unchanged.
+Each spatial op is re-emitted on each tile with the padding of the tile's border (a window
+inside the image has none: its halo is real data). The integer graph's first conv, a TE
+kernel that pads with the input's zero point (compiler/integer.py), is re-made for each tile
+from the integer model's layer; on Cortex-M each layer's call of the runtime's C kernel
+(compiler/integer_arm_m.py) is re-made with the tile's shape and pads and the layer's own
+constants: a few instructions of wrapper per tile, one copy of the weights and of the C
+kernel. A convolution of a window is the same integers (or the same float operations in the
+same order), so int8 stays bit-exact and fp32 unchanged.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
-import numpy as np
 import tvm
 from tvm import relax
 
 from edge_mnv1 import log
-from edge_mnv1.compiler import patch_plan
-from edge_mnv1.compiler.patch_plan import Plan, Split, Step
+from edge_mnv1.compiler import integer_arm_m, patch_plan
+from edge_mnv1.compiler.patch_chain import Chain, Op, analyse, bindings, shape_of
+from edge_mnv1.compiler.patch_plan import Plan, Split
 
-_ELEMENTWISE = {f"relax.{n}" for n in (
-    "add", "subtract", "multiply", "divide", "floor_divide", "maximum", "minimum", "clip",
-    "astype", "right_shift", "left_shift", "nn.relu", "nn.relu6", "nn.leakyrelu", "sigmoid",
-    "round", "floor", "negative", "bitwise_and", "bitwise_or")}
-
-
-@dataclass
-class _Op:
-    binding: object
-    kind: str            # "conv" | "pad" | "te_conv" | "pass"
-    layout: str          # of its output
-    in_layout: str
-
-
-@dataclass
-class Chain:
-    """The ops from the input on that a tile can run, and their steps."""
-
-    ops: list
-    steps: list
-    step_end: list       # per step: index in `ops` of its last op (before the next step)
-    input_bytes: int
-
-
-def _bindings(mod: tvm.IRModule) -> list | None:
-    blocks = mod["main"].body.blocks
-    if len(blocks) != 1 or not isinstance(blocks[0], relax.DataflowBlock):
-        return None
-    return list(blocks[0].bindings)
-
-
-def _shape(expr) -> tuple:
-    return tuple(int(d) for d in expr.ty.shape.values)
-
-
-def _hw(shape: tuple, layout: str) -> tuple:
-    return shape[layout.index("H")], shape[layout.index("W")]
-
-
-def _channels(shape: tuple, layout: str) -> int:
-    return shape[layout.index("C")]
-
-
-def _free_vars(expr) -> list:
-    return list(relax.analysis.free_vars(expr))
-
-
-def _te_conv_layer(value, int_model):
-    """The integer model's first conv when `value` is compiler/integer.py's padded conv."""
-    if int_model is None or not isinstance(value.args[0], relax.GlobalVar) \
-            or not value.args[0].name_hint.startswith("conv2d_pad"):
-        return None
-    first = int_model.layers[0] if int_model.layers else None
-    if first is None or first.op != "conv" or first.x != int_model.input:
-        return None
-    return first
-
-
-def _classify(value, cur, layout: str, int_model) -> tuple[str, str] | None:
-    """(kind, output layout) of an op on the chain's current tensor, or None: not per-tile."""
-    if not isinstance(value, relax.Call) or len(_shape_or(value)) != 4:
-        return None
-    op = value.op.name if isinstance(value.op, tvm.ir.Op) else ""
-    if op == "relax.nn.conv2d" and value.args[0].same_as(cur):
-        a = value.attrs
-        if a.data_layout != layout or any(int(d) != 1 for d in a.dilation):
-            return None
-        return "conv", str(a.out_layout or a.data_layout)
-    if op == "relax.nn.pad" and value.args[0].same_as(cur):
-        widths = [int(v) for v in value.attrs.pad_width]
-        spatial = {2 * layout.index("H"), 2 * layout.index("H") + 1,
-                   2 * layout.index("W"), 2 * layout.index("W") + 1}
-        if value.attrs.pad_mode != "constant" or any(w for i, w in enumerate(widths)
-                                                     if i not in spatial):
-            return None
-        return "pad", layout
-    if op == "relax.permute_dims" and value.args[0].same_as(cur):
-        axes = [int(a) for a in value.attrs.axes] if value.attrs.axes is not None else [3, 2, 1, 0]
-        return "pass", "".join(layout[a] for a in axes)
-    if op == "relax.call_tir" and _te_conv_layer(value, int_model) is not None \
-            and value.args[1].fields[0].same_as(cur):
-        cout = _te_conv_layer(value, int_model).weight.shape[0]
-        out = _shape_or(value)
-        return "te_conv", "NCHW" if out[1] == cout else "NHWC"
-    if op in _ELEMENTWISE and _hw(_shape_or(value), layout) == _hw(_shape(cur), layout):
-        return "pass", layout
-    return None
-
-
-def _shape_or(value) -> tuple:
-    try:
-        return tuple(int(d) for d in value.ty.shape.values)
-    except (AttributeError, TypeError):
-        return ()
-
-
-def analyse(mod: tvm.IRModule, int_model=None) -> Chain | None:
-    """The per-tile chain of `main`, or None when the graph is not one this can split."""
-    bindings = _bindings(mod)
-    main = mod["main"]
-    if bindings is None or len(main.params) != 1:
-        return None
-    param = main.params[0]
-    shape = _shape(param)
-    if len(shape) != 4 or shape[0] != 1:
-        return None
-    consts, ops, cur, layout = set(), [], param, "NCHW"
-    for b in bindings:
-        used = _free_vars(b.value)
-        if all(u in consts for u in used):
-            consts.add(b.var)
-            continue
-        if not any(u.same_as(cur) for u in used) or \
-                any(u not in consts and not u.same_as(cur) for u in used):
-            break
-        got = _classify(b.value, cur, layout, int_model)
-        if got is None:
-            break
-        ops.append(_Op(b, got[0], got[1], layout))
-        cur, layout = b.var, got[1]
-    return _steps(ops, shape, param, int_model)
-
-
-def _steps(ops: list, in_shape: tuple, param, int_model) -> Chain | None:
-    steps, ends, prev = [], [], None
-    for i, op in enumerate(ops):
-        if op.kind == "pass":
-            continue
-        if prev is not None:
-            ends.append(i - 1)
-        prev = i
-    if prev is None:
-        return None
-    ends.append(len(ops) - 1)
-    spatial = [i for i, op in enumerate(ops) if op.kind != "pass"]
-    in_hw = _hw(in_shape, "NCHW")
-    for i, end in zip(spatial, ends):
-        op, last = ops[i], ops[end]
-        out_shape = _shape(op.binding.var)
-        kernel, stride, pads, macs = _geometry(op, int_model)
-        stored = _shape(last.binding.var)
-        itemsize = np.dtype(str(last.binding.var.ty.dtype)).itemsize
-        out_hw = _hw(out_shape, op.layout)
-        steps.append(Step(op.kind if op.kind != "te_conv" else "conv", kernel, stride, pads,
-                          in_hw, out_hw, _channels(stored, last.layout) * itemsize, macs))
-        in_hw = out_hw
-    in_bytes = int(np.prod(in_shape)) * np.dtype(str(param.ty.dtype)).itemsize
-    return Chain(ops, steps, ends, in_bytes)
-
-
-def _geometry(op: _Op, int_model) -> tuple:
-    """(kernel, stride, pads (top, left, bottom, right), MACs per output pixel)."""
-    v = op.binding.value
-    if op.kind == "pad":
-        w = [int(x) for x in v.attrs.pad_width]
-        h, wi = op.in_layout.index("H"), op.in_layout.index("W")
-        return (1, 1), (1, 1), (w[2 * h], w[2 * wi], w[2 * h + 1], w[2 * wi + 1]), 0
-    if op.kind == "te_conv":
-        layer = _te_conv_layer(v, int_model)
-        o, cg, kh, kw = layer.weight.shape
-        return (kh, kw), tuple(layer.strides), tuple(layer.pads), o * cg * kh * kw
-    a, wshape = v.attrs, _shape(v.args[1])
-    kl = str(a.kernel_layout)
-    kh, kw, o, i = (wshape[kl.index(c)] for c in "HWOI")
-    return (kh, kw), tuple(int(s) for s in a.strides), \
-        tuple(int(p) for p in a.padding), o * i * kh * kw
+__all__ = ["Chain", "analyse", "apply", "describe", "for_source", "rewrite"]
 
 
 # ---- the rewrite -------------------------------------------------------------------------
@@ -209,7 +44,7 @@ def _subst(expr, env: dict):
     return expr
 
 
-def _tile_op(bb, op: _Op, x, pads: tuple, env: dict, int_model):
+def _tile_op(bb, op: Op, x, pads: tuple, env: dict, int_model):
     """`op` on a tile `x` (`env` maps the op's chain input to `x`): the same operation,
     with the tile's padding for a spatial op."""
     v = op.binding.value
@@ -227,10 +62,18 @@ def _tile_op(bb, op: _Op, x, pads: tuple, env: dict, int_model):
         widths[2 * h], widths[2 * w], widths[2 * h + 1], widths[2 * w + 1] = pads
         return bb.emit(relax.op.nn.pad(x, widths, str(v.attrs.pad_mode),
                                        float(v.attrs.pad_value)))
+    if op.kind == "extern":
+        layer = dataclasses.replace(op.layer, pads=tuple(pads))
+        zp = [int_model.qparams[a].zero_point for a in (layer.x, layer.y)]
+        consts = [_subst(c, env) for c in v.args[1].fields[1:]]
+        call = integer_arm_m.layer_call(bb, op.feature, layer, x, list(shape_of(x)),
+                                        op.in_layout == "NCHW", *zp, consts)
+        assert call is not None, f"layer {layer.y}: no C kernel for its tile"  # same kind
+        return call
     if op.kind == "te_conv":
         from edge_mnv1.compiler import integer
 
-        layer = dataclasses.replace(_te_conv_layer(v, int_model), pads=tuple(pads))
+        layer = dataclasses.replace(op.layer, pads=tuple(pads))
         zx = int_model.qparams[int_model.input].zero_point
         nhwc = op.layout == "NHWC"
         return bb.emit_te(integer._padded_conv(layer, zx, nhwc, nhwc and op.in_layout == "NCHW"),
@@ -259,9 +102,9 @@ def rewrite(mod: tvm.IRModule, chain: Chain, plan: Plan, int_model=None) -> tvm.
     spatial = [i for i, op in enumerate(ops) if op.kind != "pass"]
     with bb.function("main_patched", [x]):
         with bb.dataflow():
-            bindings = _bindings(mod)
+            found = bindings(mod)
             cut = ops[-1].binding
-            head = bindings[:bindings.index(cut) + 1]
+            head = found[:found.index(cut) + 1]
             consts = [b for b in head if b.var not in on_chain]
             outs = []
             for t in plan.windows:
@@ -283,7 +126,7 @@ def rewrite(mod: tvm.IRModule, chain: Chain, plan: Plan, int_model=None) -> tvm.
             for b in consts:   # for the layers after the cut (unused ones are dropped)
                 env[b.var] = bb.emit(_subst(b.value, env))
             env[cut.var] = _concat(bb, outs, split, ops[-1].layout)
-            for b in bindings[len(head):]:
+            for b in found[len(head):]:
                 if isinstance(b.value, relax.Var):
                     env[b.var] = env.get(b.value, b.value)
                 else:
@@ -298,12 +141,13 @@ def rewrite(mod: tvm.IRModule, chain: Chain, plan: Plan, int_model=None) -> tvm.
              ("main", "main_patched")}
     result = tvm.IRModule(funcs, attrs=mod.attrs)
     result["main"] = func.with_attr("global_symbol", "main")
-    return result
+    return integer_arm_m.mark_extern_kernels(result)
 
 
-def apply(mod: tvm.IRModule, spec: str, int_model=None, mac_budget: float | None = None
-          ) -> tuple[tvm.IRModule, dict | None]:
-    """(module, the plan as the manifest records it, or None when run layer by layer)."""
+def apply(mod: tvm.IRModule, spec: str, int_model=None, mac_budget: float | None = None,
+          in_place: bool = False) -> tuple[tvm.IRModule, dict | None]:
+    """(module, the plan as the manifest records it, or None when run layer by layer).
+    `in_place`: the program reads its input in the frame buffer even layer by layer."""
     want = patch_plan.parse(spec)
     if want == "off":
         return mod, None
@@ -316,9 +160,9 @@ def apply(mod: tvm.IRModule, spec: str, int_model=None, mac_budget: float | None
         log.info("compile: patches: no chain of spatial layers from the input; layer by layer")
         return mod, None
     budget = patch_plan.DEFAULT_MAC_BUDGET if mac_budget is None else mac_budget
-    plan = patch_plan.search(chain.steps, chain.input_bytes, budget) if want == "auto" else \
-        patch_plan.plan(chain.steps, chain.input_bytes, want)
-    record = describe(plan, chain)
+    plan = patch_plan.search(chain.steps, chain.input_bytes, budget, in_place) \
+        if want == "auto" else patch_plan.plan(chain.steps, chain.input_bytes, want, in_place)
+    record = dict(describe(plan, chain), layer_by_layer_input_in_frame_buffer=in_place)
     if plan.split is None:
         log.info(f"compile: patches: no split of the first layers beats layer by layer "
                  f"({plan.arena_layer_by_layer:,} B) within {budget:.0%} more MACs")
@@ -369,7 +213,8 @@ def for_source(source, target, spec: str | None):
 
     given = spec if spec is not None else target.patches
     try:
-        mod, record = apply(source.relax, given, source.int_model)
+        mod, record = apply(source.relax, given, source.int_model, in_place=integer_arm_m.
+                            reads_input_in_place(target, source.is_integer))
     except UsageError as e:
         if spec is None:   # the default came from the target file: name it
             raise UsageError(f"{target.path}: [compile] patches: {e}") from None

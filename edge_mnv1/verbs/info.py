@@ -124,8 +124,10 @@ def patch_table(p: dict, memory: dict) -> str:
     lines = [f"patches: {split or 'none (layer by layer)'} (requested {p.get('requested')}): "
              f"arena {memory['arena_bytes']:,} B planned"
              + (" (input read in the frame buffer)" if split else "")
-             + f"; layer by layer {p['arena_estimate_layer_by_layer']:,} B (input copied into "
-             f"the arena); layer-by-layer bound {p['layer_by_layer_bound']:,} B (largest "
+             + f"; layer by layer {p['arena_estimate_layer_by_layer']:,} B (input "
+             + ("read in the frame buffer" if p.get("layer_by_layer_input_in_frame_buffer")
+                else "copied into the arena")
+             + f"); layer-by-layer bound {p['layer_by_layer_bound']:,} B (largest "
              f"input + output of one layer)",
              f"  extra MACs {p['extra_macs']:,} ({p['extra_macs_percent']:.2f} % of "
              f"{p['conv_macs']:,}); tiles {p['tiles']}x{p['tiles']} of layer {p['stage']}'s "
