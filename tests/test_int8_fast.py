@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 import tvm
+import tvm.s_tir as s_tir
+from tvm import te
 
+from edge_mnv1.compiler.schedules import int8_requant_neon
 from edge_mnv1.compiler.tvm_target import host_features, vector_unit
 
 from compiled import REPO, cli_json
@@ -69,6 +72,42 @@ def test_vector_unit_names_the_integer_kind_from_the_features():
     assert kind(mcu) == ""                      # firmware keeps its integer kernels plain
 
 
+def _requant_kernel(rounding: int, lanes: int = 8) -> tvm.tirx.PrimFunc:
+    """compiler/integer.py's int64 requantization (left shift, high multiply, rounding
+    right shift, zero point, clamp) over a vectorized loop, as FuseOps leaves it."""
+    tirx = tvm.tirx
+    i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
+    acc, m, left, right = (te.placeholder((lanes,), "int32", name=n)
+                           for n in ("acc", "m", "left", "right"))
+
+    def rule(i):
+        wide = lambda b: tirx.Cast("int64", b[i])  # noqa: E731
+        a = tirx.max(tirx.min(wide(acc) << wide(left), i64((1 << 31) - 1)), i64(-(1 << 31)))
+        t = (a * wide(m) + i64(rounding)) >> i64(31)
+        u = (((t << i64(1)) >> wide(right)) + i64(1)) >> i64(1)
+        return tirx.Cast("uint8", tirx.max(tirx.min(u + i64(3), i64(255)), i64(0)))
+    y = te.compute((lanes,), rule, name="y")
+    sch = s_tir.Schedule(te.create_prim_func([acc, m, left, right, y]))
+    sch.vectorize(sch.get_loops(sch.get_sblock("y"))[0])
+    return sch.mod["main"]
+
+
+def test_neon_requantization_is_sqshl_sqrdmulh_srshl_on_4_lanes():
+    """The rule's exact form becomes the three NEON instructions, its 8-lane loop two
+    unrolled 4-lane vectors (LLVM cannot split the intrinsics); any other form (here a
+    rounding constant of 2^29) is left as it is."""
+    rewritten = int8_requant_neon.rewrite(_requant_kernel(1 << 30))
+    text = rewritten.script()
+    assert "T.unroll(2)" in text and "T.vectorized(4)" in text and "int64" not in text
+    arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu",
+                             "mcpu": "cortex-a72"})
+    asm = tvm.compile(tvm.IRModule({"main": rewritten}), target=arm).mod.inspect_source("asm")
+    for op in ("sqshl", "sqrdmulh", "srshl"):
+        assert f"\t{op}\tv" in asm, op
+    other = _requant_kernel(1 << 29)
+    assert int8_requant_neon.rewrite(other).same_as(other)
+
+
 @pytest.mark.parametrize("kind", ["vnni", "avx2"])
 def test_x86_pointwise_kernels_use_the_cpu_dot_product(int8_model, tmp_path, kind):
     """The kernel class follows the target's features: vpdpbusd with VNNI; without it
@@ -104,10 +143,13 @@ def test_host_int8_is_bit_exact_on_all_digits(int8_model, tmp_path):
 @pytest.mark.emulator
 def test_rpi4_int8_uses_smlal_and_is_bit_exact_under_qemu(int8_model, tmp_path):
     art = tmp_path / "rpi4"
-    cli_json("compile", int8_model, "--target", "rpi4", "-o", art, "--untuned")
+    c = cli_json("compile", int8_model, "--target", "rpi4", "-o", art, "--untuned")
+    assert c["workspace_bytes"] == 0        # every tile's accumulators on the stack
     asm = _disassembly(art, "aarch64-linux-gnu-objdump")
     # smlal by element: a widened activation lane times a row of 8 widened weights.
     assert asm.count("smlal") > 100 and ".h[7]" in asm
+    # The requantization in 32-bit lanes (int8_requant_neon): every conv's epilogue.
+    assert asm.count("sqrdmulh\tv") >= 27 and asm.count("srshl\tv") >= 27
     p = cli_json("parity", art, "--device", "local", "--data", "digits",
                  "--reference", "integer")
     assert p["passed"] and p["n"] == 450 and p["max_abs_error"] == 0.0

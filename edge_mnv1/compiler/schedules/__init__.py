@@ -48,4 +48,4 @@ def apply(func: tirx.PrimFunc, unit: VectorUnit) -> Scheduled | None:
         log.info(f"default schedule: a {anatomy.kind} kernel kept plain: "
                  f"{str(err).strip().splitlines()[-1][:200]}")
         return None
-    return Scheduled(sch.mod["main"], anatomy.kind, packed)
+    return Scheduled(int8_kernels.finish_integer(sch.mod["main"], unit), anatomy.kind, packed)

@@ -10,9 +10,11 @@ from dataclasses import replace
 import tvm
 import tvm.s_tir as s_tir
 import tvm.tirx as tirx
+from tvm_ffi import structural_walk
 
 from edge_mnv1 import log
-from edge_mnv1.compiler.schedules import int8_blocked, int8_neon, int8_x86, prepack
+from edge_mnv1.compiler.schedules import (int8_blocked, int8_neon, int8_requant_neon, int8_x86,
+                                          prepack)
 from edge_mnv1.compiler.schedules.anatomy import analyse, inline_all
 from edge_mnv1.compiler.tvm_target import VectorUnit
 
@@ -39,6 +41,35 @@ def apply(func: tirx.PrimFunc, unit: VectorUnit) -> tirx.PrimFunc | None:
         log.info(f"default schedule: an int8 pointwise kernel kept the generic one: "
                  f"{str(err).strip().splitlines()[-1][:200]}")
         return None
+    return finish_integer(sch.mod["main"], unit)
+
+
+def finish_integer(func: tirx.PrimFunc, unit: VectorUnit) -> tirx.PrimFunc:
+    """A scheduled kernel of a target with an integer kind: int32 accumulators on the stack
+    and the requantization in the target's 32-bit instructions where it has them (NEON:
+    int8_requant_neon); any other kernel as it is."""
+    if not unit.int8:
+        return func
+    func = _accumulators_on_stack(func)
+    if unit.int8 in ("neon", "dotprod"):
+        return int8_requant_neon.rewrite(func)
+    return func
+
+
+def _accumulators_on_stack(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """The register-blocked default keeps a tile's accumulators in "local" storage, which
+    TVM 0.27 lowers to a workspace allocation and release per tile; int32 ones become
+    "global" instead, a stack array when the tile is under 1 KB (int8_blocked.ACC_SCOPE).
+    """
+    sch = s_tir.Schedule(func)
+    names = []
+    structural_walk(func, [(s_tir.SBlock, lambda b: names.append(b.name_hint))])
+    for name in dict.fromkeys(names):
+        block = sch.get_sblock(name)
+        for index, region in enumerate(sch.get(block).writes):
+            # (the buffer's shape is the whole output until TVM compacts it to the tile)
+            if region.source.scope() == "local" and region.source.dtype == "int32":
+                sch.set_scope(block, index, int8_blocked.ACC_SCOPE)
     return sch.mod["main"]
 
 

@@ -14,10 +14,12 @@ a dotprod target uses the same `smlal` kernel (it is ARMv8.0 code, valid there t
 
 from __future__ import annotations
 
+import tvm.s_tir as s_tir
+import tvm.tirx as tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from edge_mnv1.compiler.schedules.int8_blocked import Int8Dot
+from edge_mnv1.compiler.schedules.int8_blocked import ACC_SCOPE, Int8Dot
 
 NEON_DOT_16x8_INTRIN = "edge_mnv1_dot_16x8_u8i8i32_neon_smlal"
 NEON_DOT_8x8_INTRIN = "edge_mnv1_dot_8x8_u8i8i32_neon_smlal"
@@ -27,7 +29,7 @@ NEON_DOT_8x8_INTRIN = "edge_mnv1_dot_8x8_u8i8i32_neon_smlal"
 def _dot_16x8_desc(
     A: T.Buffer((8,), "uint8", offset_factor=1),
     B: T.Buffer((8, 16), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope=ACC_SCOPE),
 ) -> None:
     with T.sblock("root"):
         T.reads(C[0:16], A[0:8], B[0:8, 0:16])
@@ -40,72 +42,10 @@ def _dot_16x8_desc(
 
 
 @T.prim_func(s_tir=True)
-def _dot_16x8_smlal(
-    A: T.Buffer((8,), "uint8", offset_factor=1),
-    B: T.Buffer((8, 16), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:8], B[0:8, 0:16])
-        T.writes(C[0:16])
-        # int16 x int16 products widened to int32: LLVM selects smlal/smlal2 by element.
-        a16 = T.alloc_local((1,), "int16x8")
-        a16[0] = T.Cast("int16x8", A.vload([0], dtype="uint8x8"))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([0, 0], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [0] * 8))
-        C[T.ramp(T.int32(8), 1, 8)] = C.vload([8], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([0, 8], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [0] * 8))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([1, 0], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [1] * 8))
-        C[T.ramp(T.int32(8), 1, 8)] = C.vload([8], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([1, 8], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [1] * 8))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([2, 0], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [2] * 8))
-        C[T.ramp(T.int32(8), 1, 8)] = C.vload([8], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([2, 8], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [2] * 8))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([3, 0], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [3] * 8))
-        C[T.ramp(T.int32(8), 1, 8)] = C.vload([8], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([3, 8], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [3] * 8))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([4, 0], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [4] * 8))
-        C[T.ramp(T.int32(8), 1, 8)] = C.vload([8], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([4, 8], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [4] * 8))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([5, 0], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [5] * 8))
-        C[T.ramp(T.int32(8), 1, 8)] = C.vload([8], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([5, 8], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [5] * 8))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([6, 0], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [6] * 8))
-        C[T.ramp(T.int32(8), 1, 8)] = C.vload([8], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([6, 8], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [6] * 8))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([7, 0], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [7] * 8))
-        C[T.ramp(T.int32(8), 1, 8)] = C.vload([8], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([7, 8], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [7] * 8))
-
-
-@T.prim_func(s_tir=True)
 def _dot_8x8_desc(
     A: T.Buffer((8,), "uint8", offset_factor=1),
     B: T.Buffer((8, 8), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+    C: T.Buffer((8,), "int32", offset_factor=1, scope=ACC_SCOPE),
 ) -> None:
     with T.sblock("root"):
         T.reads(C[0:8], A[0:8], B[0:8, 0:8])
@@ -117,46 +57,26 @@ def _dot_8x8_desc(
                     C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vk, vi], "int32")
 
 
-@T.prim_func(s_tir=True)
-def _dot_8x8_smlal(
-    A: T.Buffer((8,), "uint8", offset_factor=1),
-    B: T.Buffer((8, 8), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:8], B[0:8, 0:8])
-        T.writes(C[0:8])
-        # int16 x int16 products widened to int32: LLVM selects smlal/smlal2 by element.
-        a16 = T.alloc_local((1,), "int16x8")
-        a16[0] = T.Cast("int16x8", A.vload([0], dtype="uint8x8"))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([0, 0], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [0] * 8))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([1, 0], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [1] * 8))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([2, 0], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [2] * 8))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([3, 0], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [3] * 8))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([4, 0], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [4] * 8))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([5, 0], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [5] * 8))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([6, 0], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [6] * 8))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.Cast(
-            "int32x8", T.Cast("int16x8", B.vload([7, 0], dtype="int8x8"))) * T.Cast(
-            "int32x8", T.Shuffle([a16[0]], [7] * 8))
+def _smlal(desc: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
+    """`desc` as smlal by element: per input channel k and 8 output channels, C += the
+    widened weight row k times lane k of the widened activations (int16 x int16 products
+    into int32, which LLVM selects as smlal/smlal2 by element), unrolled here."""
+    a, b, c = desc.params
+    x16 = tirx.Cast("int16x8", a.vload([0], "uint8x8"))     # a value: no buffer, no workspace
+    stores = []
+    for k in range(8):
+        for h in range(0, lanes, 8):
+            w = tirx.Cast("int32x8", tirx.Cast("int16x8", b.vload([k, h], "int8x8")))
+            x = tirx.Cast("int32x8", tirx.Shuffle([x16], [k] * 8))
+            stores.append(tirx.BufferStore(c, c.vload([h], "int32x8") + w * x,
+                                           [tirx.Ramp(h, 1, 8)]))
+    root = desc.body.block
+    body = s_tir.SBlock([], root.reads, root.writes, root.name_hint, tirx.SeqStmt(stores))
+    return desc.with_body(s_tir.SBlockRealize([], True, body))
 
 
-TensorIntrin.register(NEON_DOT_16x8_INTRIN, _dot_16x8_desc, _dot_16x8_smlal)
-TensorIntrin.register(NEON_DOT_8x8_INTRIN, _dot_8x8_desc, _dot_8x8_smlal)
+TensorIntrin.register(NEON_DOT_16x8_INTRIN, _dot_16x8_desc, _smlal(_dot_16x8_desc, 16))
+TensorIntrin.register(NEON_DOT_8x8_INTRIN, _dot_8x8_desc, _smlal(_dot_8x8_desc, 8))
 
 
 def dots_for(int8: str) -> list[Int8Dot]:

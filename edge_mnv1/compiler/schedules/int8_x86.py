@@ -15,10 +15,10 @@ from __future__ import annotations
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from edge_mnv1.compiler.schedules.int8_blocked import Int8Dot
+from edge_mnv1.compiler.schedules.int8_blocked import ACC_SCOPE, Int8Dot
 
-# TVM's own `dot_16x4_vnni` accumulates into a global buffer; these accumulate into the
-# micro-kernel's "local" accumulators, which LLVM keeps in registers.
+# TVM's own `dot_16x4_vnni` reads and writes its accumulators in memory; these use the
+# micro-kernel's accumulators (int8_blocked.ACC_SCOPE), which LLVM keeps in registers.
 VNNI_DOT_16x4_INTRIN = "edge_mnv1_dot_16x4_u8i8i32_vnni"
 AVX2_DOT_8x2_INTRIN = "edge_mnv1_dot_8x2_u8i8i32_avx2"
 
@@ -27,7 +27,7 @@ AVX2_DOT_8x2_INTRIN = "edge_mnv1_dot_8x2_u8i8i32_avx2"
 def _dot_16x4_desc(
     A: T.Buffer((4,), "uint8", offset_factor=1),
     B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope=ACC_SCOPE),
 ) -> None:
     with T.sblock("root"):
         T.reads(C[0:16], A[0:4], B[0:16, 0:4])
@@ -43,7 +43,7 @@ def _dot_16x4_desc(
 def _dot_16x4_vnni(
     A: T.Buffer((4,), "uint8", offset_factor=1),
     B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope=ACC_SCOPE),
 ) -> None:
     with T.sblock("root"):
         T.reads(C[0:16], A[0:4], B[0:16, 0:4])
@@ -61,7 +61,7 @@ def _dot_16x4_vnni(
 def _dot_8x2_desc(
     A: T.Buffer((2,), "uint8", offset_factor=1),
     B: T.Buffer((8, 2), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+    C: T.Buffer((8,), "int32", offset_factor=1, scope=ACC_SCOPE),
 ) -> None:
     with T.sblock("root"):
         T.reads(C[0:8], A[0:2], B[0:8, 0:2])
@@ -77,7 +77,7 @@ def _dot_8x2_desc(
 def _dot_8x2_avx2(
     A: T.Buffer((2,), "uint8", offset_factor=1),
     B: T.Buffer((8, 2), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+    C: T.Buffer((8,), "int32", offset_factor=1, scope=ACC_SCOPE),
 ) -> None:
     with T.sblock("root"):
         T.reads(C[0:8], A[0:2], B[0:8, 0:2])
