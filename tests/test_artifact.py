@@ -54,6 +54,10 @@ def test_compile_parses_the_target_once_and_hashes_each_file_once(tiny_onnx, tmp
     assert "firmware.elf" in manifest["files"] and files <= set(hashed)
     assert all(n == 1 for n in hashed.values()), {p: n for p, n in hashed.items() if n > 1}
     assert out["budget"] == manifest["budget"] and out["budget"]["stage"] == "linked"
+    # The plan counts model.c's writable tables (descriptors, shapes) exactly: they are the
+    # firmware's whole .data, so the check before the build sees them.
+    data = sum(r["parts"].get(".data", 0) for r in manifest["budget"]["regions"])
+    assert manifest["memory"]["tensor_table_bytes"] == data > 0
     # `info ARTIFACT` reads the same budget, with one parse and one hash of each file too.
     parsed.clear()
     hashed.clear()

@@ -3,8 +3,9 @@
 For Linux targets there is no fixed budget; the numbers are reported. For an MCU target the
 budget is checked per memory region of the target file, twice by `edge-mnv1 compile`:
 - before building, from the artifact's plan (manifest "memory": weights, arena, workspace,
-  frame buffer; the target's stack; the kernels' object code; a small allowance for the
-  runtime) so that a model that cannot fit is refused before anything is built;
+  frame buffer; model.c's tensor and call tables; the target's stack; the kernels' object
+  code; a small allowance for the runtime) so that a model that cannot fit is refused
+  before anything is built;
 - after linking, from the sections of firmware.elf (read without tools), exactly.
 
 Each section goes to a region by its address; .data also counts in the code region, where
@@ -35,10 +36,10 @@ _KIND = {".vectors": "code", ".text": "code", ".rodata": "code", ".ARM.extab": "
          ".data": "data", ".bss": "data", ".stack": "stack"}
 
 # What the plan counts under each use (the keys of planned_usage's items).
-_PLANNED_KEYS = {"code": {"kernels", "runtime (allowance)"},
+_PLANNED_KEYS = {"code": {"kernels", "runtime (allowance)", "call table"},
                  "weights": {"weights", "golden data"},
                  "arena": {"arena", "workspace"},
-                 "data": {"frame buffer", "runtime data (allowance)"},
+                 "data": {"frame buffer", "runtime data (allowance)", "tensor table"},
                  "stack": {"stack"}}
 
 
@@ -106,13 +107,16 @@ def planned_usage(artifact: Artifact) -> dict[str, dict[str, int]]:
     golden = artifact.path / "golden.bin"
     parts = {
         "code": {"kernels": sum(object_code_bytes(p) for p in artifact.path.glob("kernels*.o")),
-                 "runtime (allowance)": RUNTIME_CODE_ALLOWANCE},
+                 "runtime (allowance)": RUNTIME_CODE_ALLOWANCE,
+                 # older manifests lack the tables' sizes: counted at link time only
+                 "call table": mem.get("call_table_bytes", 0)},
         "weights": {"weights": mem["weight_bytes"],
                     "golden data": golden.stat().st_size if golden.exists() else 0},
         "arena": {"arena": mem["arena_bytes"],
                   "workspace": mem["workspace_bytes_per_thread"] * mem["workspace_threads"]},
         "data": {"frame buffer": mem["frame_buffer_bytes"],
-                 "runtime data (allowance)": RUNTIME_DATA_ALLOWANCE},
+                 "runtime data (allowance)": RUNTIME_DATA_ALLOWANCE,
+                 "tensor table": mem.get("tensor_table_bytes", 0)},
         "stack": {"stack": int(target.build.get("stack_bytes", DEFAULT_STACK))},
     }
     where = placement(target)

@@ -25,7 +25,8 @@ from edge_mnv1.versions import ARTIFACT_FORMAT_VERSION, PROTOCOL_VERSION
 from edge_mnv1.artifact.artifact import Artifact, Manifest
 from edge_mnv1.artifact.firmware import write_firmware_files
 from edge_mnv1.artifact.target import Target
-from edge_mnv1.compiler import codegen, emit, frontend, graph, integer_arm_m, lowering, memory
+from edge_mnv1.compiler import (codegen, emit, float_arm_m, frontend, graph, integer_arm_m,
+                                lowering, memory)
 from edge_mnv1.compiler import patches as patch_stage
 from edge_mnv1.compiler.tuning import records, transfer
 from edge_mnv1.compiler.tvm_target import ResolvedTarget, resolve
@@ -91,6 +92,8 @@ class MemoryPlan:
     workspace_threads: int
     weight_bytes: int
     frame_buffer_bytes: int    # the largest request or reply payload
+    tensor_table_bytes: int    # model.c's tensor descriptors and shapes (RAM, 32-bit MCU)
+    call_table_bytes: int      # model.c's call sequence and arguments (flash, 32-bit MCU)
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,9 @@ def lower(source: Source, resolved: ResolvedTarget, use_records: bool,
           tuning_root: Path | None) -> Lowered:
     """Fuse, apply the tuning records for this CPU and model, schedule the rest by default."""
     layout, prepack = lowering.layout_for(resolved.target, source.is_integer)
-    fused = lowering.fuse(source.relax, resolved.tvm_target, fold_constants=not source.is_integer,
+    relax_mod = float_arm_m.rewrite(source.relax, resolved.target) if float_arm_m.applies(
+        resolved.target, source.is_integer) else source.relax    # fp32 C kernels on Cortex-M
+    fused = lowering.fuse(relax_mod, resolved.tvm_target, fold_constants=not source.is_integer,
                           layout=layout, prepack=prepack)
     # MACs are read off the graph before records change the weights' layout.
     imported = graph.extract(fused)
@@ -250,7 +255,8 @@ def plan_memory(prog: graph.Program, kernels: Kernels, target: Target) -> Memory
         workspace_bytes_per_thread=kernels.workspace_bytes, workspace_threads=threads,
         weight_bytes=memory.plan_weights(prog),
         frame_buffer_bytes=max(inp.nbytes, outp.nbytes, 8 + 8 * len(prog.calls), 4 + 8 * 256,
-                               1024))
+                               1024),
+        **memory.table_bytes(prog))
 
 
 def golden_data(source: Source, cases: int) -> Golden:

@@ -13,6 +13,21 @@ from edge_mnv1.compiler.graph import Program, TensorInfo
 ALIGN = 64
 
 
+# model.c's tables on a 32-bit MCU (compiler/emit.py): a DLTensor is 40 bytes (its uint64
+# byte_offset aligned to 8) plus an int64 per dimension; a call entry 24 bytes plus a
+# 16-byte TVMFFIAny per argument. A patched program has hundreds of tensors, so the budget
+# counts them rather than leaving them to the runtime's small allowance.
+_DLTENSOR_BYTES, _CALL_BYTES, _ARG_BYTES = 40, 24, 16
+
+
+def table_bytes(prog: Program) -> dict:
+    """{"tensor_table_bytes" (RAM: writable descriptors), "call_table_bytes" (flash)}."""
+    return {"tensor_table_bytes": sum(_DLTENSOR_BYTES + 8 * max(len(t.shape), 1)
+                                      for t in prog.tensors),
+            "call_table_bytes": sum(_CALL_BYTES + _ARG_BYTES * len(c.args) + len(c.kernel) + 1
+                                    for c in prog.calls)}
+
+
 def _align(n: int, a: int = ALIGN) -> int:
     return (n + a - 1) // a * a
 
