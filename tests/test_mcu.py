@@ -36,11 +36,9 @@ BOARDS = EMULATED + ["nucleo-h743zi"]
 
 
 @pytest.fixture(scope="module")
-def firmware(digits_onnx, tmp_path_factory):
+def firmware(digits_artifact):
     """0.25/64 fp32 (the digits model) compiled and linked for each board."""
-    root = tmp_path_factory.mktemp("mcu")
-    return {b: (root / b, cli_json("compile", digits_onnx, "--target", b, "-o", root / b))
-            for b in BOARDS}
+    return {b: digits_artifact(b) for b in BOARDS}
 
 
 def digits(n, resolution=64):
@@ -218,6 +216,20 @@ def test_boots_and_matches_onnxruntime_over_serial(firmware, digits_onnx, name, 
         assert abs(sum(per_kernel) - runs[0]) < 0.01 * runs[0]
         assert dev.client.selftest()["passed"] is True
         dev.client.check_not_reset()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EMULATED)
+def test_fp32_convolutions_are_the_runtime_c_kernels(firmware, name):
+    """The digits fp32 firmware's convolutions call em_f32_arm_m.c (compiler/float_arm_m.py)
+    with no TVM convolution left; the test above checks that firmware's outputs against ONNX
+    Runtime (<= 1e-4), so it is the C kernels' parity on both boards (MVE and FPv5)."""
+    art, _ = firmware[name]
+    kernels = [k["kernel"] for k in Artifact.load(art).manifest.kernels]
+    kinds = {k.rstrip("0123456789") for k in kernels if k.startswith("f32_")}
+    assert kinds == {"f32_conv", "f32_depthwise", "f32_pointwise"}, kernels
+    assert not [k for k in kernels if "conv2d" in k], kernels
+    assert (art / "kernels_f32_arm_m.c").read_bytes() == linker.F32_KERNELS.read_bytes()
 
 
 def _raw(dev, frame: bytes):

@@ -22,6 +22,7 @@ from edge_mnv1.artifact.target import TARGETS_DIR, Target
 from edge_mnv1.paths import RUNTIME_DIR
 
 INT8_KERNELS = RUNTIME_DIR / "kernels" / "em_s8_arm_m.c"
+F32_KERNELS = RUNTIME_DIR / "kernels" / "em_f32_arm_m.c"
 USES = ("code", "weights", "arena", "data", "stack")
 DEFAULT_STACK = 16384
 
@@ -144,6 +145,8 @@ def write_firmware_files(target: Target, out_dir: Path) -> Path:
         # The int8 kernels the integer graph calls (compiler/integer_arm_m.py); CMake builds
         # every kernels*.c of the artifact with the target's flags, -O3.
         shutil.copy(INT8_KERNELS, Path(out_dir) / "kernels_s8_arm_m.c")
+        # and the fp32 kernels the float graph calls (compiler/float_arm_m.py).
+        shutil.copy(F32_KERNELS, Path(out_dir) / "kernels_f32_arm_m.c")
     board = target.build.get("board_support")
     if board:
         src = TARGETS_DIR / board
