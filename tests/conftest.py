@@ -68,6 +68,27 @@ def digits_onnx(digits_ckpt, cache_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def digits_artifact(digits_onnx, tmp_path_factory):
+    """digits_artifact(target) -> (artifact dir, compile's --json): `digits_onnx` compiled
+    for `target` once per session. Verbs only read an artifact, so tests share it; a test
+    that changes one compiles its own."""
+    import json
+
+    from compiled import cli_json
+
+    root = tmp_path_factory.getbasetemp() / "digits-artifacts"
+    root.mkdir(exist_ok=True)
+
+    def get(target: str) -> tuple[Path, dict]:
+        art, log = root / target, root / f"{target}.compile.json"
+        if not (art / "manifest.json").is_file() or not log.is_file():
+            r = cli_json("compile", digits_onnx, "--target", target, "-o", art)
+            log.write_text(json.dumps(r))
+        return art, json.loads(log.read_text())
+    return get
+
+
+@pytest.fixture(scope="session")
 def untrained_ckpt_factory(cache_dir):
     """factory(alpha, resolution, classes=1000, data="photos") -> a seeded untrained
     checkpoint whose batch norms are calibrated on real images of that resolution."""

@@ -17,8 +17,9 @@ from test_parity import build_artifacts, run_cli
 
 
 @pytest.fixture(scope="session")
-def arts(digits_onnx, digits_ckpt, tmp_path_factory):
-    return build_artifacts(Path(digits_onnx), Path(digits_ckpt), tmp_path_factory)
+def arts(digits_artifact, digits_onnx, digits_ckpt, tmp_path_factory):
+    return build_artifacts(digits_artifact, Path(digits_onnx), Path(digits_ckpt),
+                           tmp_path_factory)
 
 
 def manifest_of(art):

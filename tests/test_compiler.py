@@ -26,13 +26,8 @@ def untrained_onnx_factory(untrained_ckpt_factory, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def artifacts(digits_onnx, tmp_path_factory):
-    root = tmp_path_factory.mktemp("compiled")
-    out = {}
-    for target in ("host", "rpi4"):
-        out[target] = (root / target, cli_json("compile", digits_onnx, "--target", target,
-                                               "-o", root / target))
-    return out
+def artifacts(digits_artifact):
+    return {target: digits_artifact(target) for target in ("host", "rpi4")}
 
 
 def digits_inputs(n, resolution=64):

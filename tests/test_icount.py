@@ -17,7 +17,7 @@ from edge_mnv1.emulators import count_program, icount
 from edge_mnv1.artifact.artifact import Artifact
 from edge_mnv1.artifact.target import load_target
 
-from test_parity import build_artifacts, run_cli
+from test_parity import run_cli
 
 pytestmark = pytest.mark.emulator
 
@@ -52,8 +52,8 @@ def loop_program(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rpi4_art(digits_onnx, digits_ckpt, tmp_path_factory) -> Path:
-    return build_artifacts(Path(digits_onnx), Path(digits_ckpt), tmp_path_factory)["rpi4"]
+def rpi4_art(digits_artifact) -> Path:
+    return digits_artifact("rpi4")[0]
 
 
 def test_plugin_counts_a_loop_exactly(loop_program):

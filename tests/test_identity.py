@@ -51,8 +51,9 @@ def test_a_device_with_another_identity_is_refused_naming_both():
 
 @pytest.mark.slow
 def test_identity_follows_the_weights_and_is_baked_into_the_program(
-        digits_onnx, other_weights_onnx, tmp_path):
-    a1 = cli_json("compile", digits_onnx, "--target", "host", "-o", tmp_path / "a1")
+        digits_onnx, digits_artifact, other_weights_onnx, tmp_path):
+    (tmp_path / "a1").symlink_to(digits_artifact("host")[0])
+    a1 = digits_artifact("host")[1]
     a2 = cli_json("compile", digits_onnx, "--target", "host", "-o", tmp_path / "a2")
     b = cli_json("compile", other_weights_onnx, "--target", "host", "-o", tmp_path / "b")
     ids = [Artifact.load(tmp_path / n).manifest["identity"] for n in ("a1", "a2", "b")]
@@ -67,12 +68,11 @@ def test_identity_follows_the_weights_and_is_baked_into_the_program(
 
 
 @pytest.fixture(scope="module")
-def m7_pair(digits_onnx, other_weights_onnx, tmp_path_factory):
+def m7_pair(digits_artifact, other_weights_onnx, tmp_path_factory):
     """Artifacts A (the digits model) and B (other weights) for the emulated Cortex-M7."""
     root = tmp_path_factory.mktemp("m7-identity")
-    cli("compile", digits_onnx, "--target", "mps2-an500", "-o", root / "a")
     cli("compile", other_weights_onnx, "--target", "mps2-an500", "-o", root / "b")
-    return root / "a", root / "b"
+    return digits_artifact("mps2-an500")[0], root / "b"
 
 
 @pytest.mark.slow

@@ -28,25 +28,22 @@ LIMIT = 120  # digits test inputs per parity run: enough for 10 classes, cheap u
 # -- models and artifacts, once per session ------------------------------------------------
 
 
-def build_artifacts(onnx_path: Path, ckpt: Path, tmp_path_factory) -> dict:
+def build_artifacts(digits_artifact, onnx_path: Path, ckpt: Path, tmp_path_factory) -> dict:
     """{"host", "rpi4", "untrained", "onnx", "ckpt"}: the digits model (conftest's session
     fixtures) compiled for host and rpi4, and an untrained one for host, once per session."""
     root = tmp_path_factory.getbasetemp() / "parity_artifacts"
     root.mkdir(exist_ok=True)
-    out = {"onnx": onnx_path, "ckpt": ckpt}
-    for name, model, target in (("host", onnx_path, "host"), ("rpi4", onnx_path, "rpi4"),
-                                ("untrained", None, "host")):
-        art = root / name
-        if not (art / "manifest.json").is_file() or not (art / "program").is_file():
-            model = model or untrained_onnx(root)
-            cli_json("compile", model, "--target", target, "-o", art)
-        out[name] = art
+    out = {"onnx": onnx_path, "ckpt": ckpt, "host": digits_artifact("host")[0],
+           "rpi4": digits_artifact("rpi4")[0], "untrained": root / "untrained"}
+    if not (out["untrained"] / "manifest.json").is_file():
+        cli_json("compile", untrained_onnx(root), "--target", "host", "-o", out["untrained"])
     return out
 
 
 @pytest.fixture(scope="session")
-def parity_artifacts(digits_onnx, digits_ckpt, tmp_path_factory):
-    return build_artifacts(Path(digits_onnx), Path(digits_ckpt), tmp_path_factory)
+def parity_artifacts(digits_artifact, digits_onnx, digits_ckpt, tmp_path_factory):
+    return build_artifacts(digits_artifact, Path(digits_onnx), Path(digits_ckpt),
+                           tmp_path_factory)
 
 
 def run_cli(capsys, *argv) -> tuple[int, dict, str]:

@@ -26,12 +26,10 @@ from sanitizers import check_no_reports, no_sanitizer_reports, sanitized_artifac
 
 # Every device test runs against the program as compiled and against its ASan + UBSan build.
 @pytest.fixture(scope="module", params=["plain", "asan-ubsan"])
-def host_artifact(request, digits_onnx, tmp_path_factory):
+def host_artifact(request, digits_onnx, digits_artifact, tmp_path_factory):
     if request.param == "asan-ubsan":
         return sanitized_artifact(digits_onnx, tmp_path_factory)
-    out = tmp_path_factory.mktemp("proto") / "host"
-    cli("compile", digits_onnx, "--target", "host", "-o", out)
-    return out
+    return digits_artifact("host")[0]
 
 
 @pytest.fixture

@@ -27,11 +27,9 @@ PARITY_INPUTS = 4
 
 
 @pytest.fixture(scope="module")
-def firmware(digits_onnx, tmp_path_factory):
+def firmware(digits_artifact):
     """The digits model 0.25/64 fp32 compiled and linked for mps2-an500."""
-    art = tmp_path_factory.mktemp("serial-servers") / "fw"
-    cli_json("compile", digits_onnx, "--target", "mps2-an500", "-o", art)
-    return art
+    return digits_artifact("mps2-an500")[0]
 
 
 def _alive(proc) -> bool:

@@ -231,18 +231,16 @@ def check_digits_soak(r: dict, requests: int) -> None:
 
 
 @pytest.mark.slow
-def test_soak_digits_model_local(digits_onnx, tmp_path):
-    art = tmp_path / "digits"
-    cli("compile", digits_onnx, "--target", "host", "-o", art)
+def test_soak_digits_model_local(digits_artifact):
+    art = digits_artifact("host")[0]
     r = cli_json("soak", art, "--device", "local", "--requests", 40, "--faults", DIGITS_FAULTS)
     check_digits_soak(r, 40)
 
 
 @pytest.mark.slow
 @pytest.mark.emulator
-def test_soak_digits_model_cortex_m7(digits_onnx, tmp_path):
-    art = tmp_path / "m7"
-    cli("compile", digits_onnx, "--target", "mps2-an500", "-o", art)
+def test_soak_digits_model_cortex_m7(digits_artifact):
+    art = digits_artifact("mps2-an500")[0]
     r = cli_json("soak", art, "--device", "emulated", "--requests", 6, "--inputs", 2,
                  "--faults", DIGITS_FAULTS)
     check_digits_soak(r, 6)
