@@ -4,13 +4,14 @@ on an MCU target whose file names a kernel feature (`features = ["dsp"]` or `["m
 NCHW conv2d of the imported float graph, with the bias add and ReLU / clip that follow it, is
 replaced by one kernel whose body is a `T.call_extern` to the C kernel with the layer's shape
 as arguments. The C file picks its MVE-F (Helium, 4 fp32 lanes) or scalar-FPU path from the
-compiler's flags, so the feature only says that the target's firmware carries the kernels.
+compiler's flags; the feature says which one the weights are packed for ("mve": MVE-F, so a
+target naming it must build for a CPU with MVE-F).
 
 Those kernels work channels-last: their outputs are NHWC, a later kernel reads them as they
 are, and any other op (pool, reshape, the classifier) reads a transpose back to NCHW (at the
 end of MobileNetV1 a few KB). Patch tiles (compiler/patches.py) are rewritten like whole
 layers, their concatenations done channels-last. Layers the kernels do not cover (channel
-counts not a multiple of the vector blocks, batch > 1) stay TVM's.
+counts not a multiple of the blocks below, batch > 1, dilation) stay TVM's, in NCHW.
 
 The weights are prepacked here in each kernel's order (see the C file); their declared shape
 is OHWI's, which is what compiler/graph.py reads the MAC count from.
@@ -29,7 +30,7 @@ from edge_mnv1.compiler.patch_chain import bindings, shape_of
 # Pointwise outputs per weight panel (EM_PANEL in the C file): two MVE vectors, or the
 # four scalar accumulators of a pixel. Pointwise layers need O a multiple of 8 either way.
 PANEL = {"mve": 8, "dsp": 4}
-BLOCK = 8
+BLOCK = 8            # output channels per pass of the pointwise and first-conv kernels
 _PREFIX = "f32_"     # the kernels' names; their C symbols are em_f32_<kind>
 
 
@@ -77,7 +78,8 @@ def _kind(w: np.ndarray, groups: int, strides: tuple, pads: tuple) -> str | None
 
 
 def pack_weights(w: np.ndarray, kind: str, panel: int) -> np.ndarray:
-    """OIHW weights in the kernel's order, shaped like OHWI (same element count)."""
+    """OIHW weights in the kernel's order, shaped like OHWI (compiler/graph.py reads the MAC
+    count off a weight's shape)."""
     o, c, kh, kw = w.shape
     if kind == "pointwise":      # panels: [o / panel][c][panel]
         packed = w.reshape(o // panel, panel, c).transpose(0, 2, 1)
