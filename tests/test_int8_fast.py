@@ -1,7 +1,7 @@
 """Fast int8 kernels on Linux targets: the integer dot-product micro-kernel each CPU's
-features select (x86 AVX-512 VNNI `vpdpbusd`, AVX2 `vpmaddwd`, AArch64 NEON `smlal` by
-element), bit-exact against the integer reference, and bench's counts beside ONNX Runtime
-and the fp32 program."""
+features select (x86 AVX-512 VNNI `vpdpbusd`, AVX2 `vpmaddwd`, AArch64 NEON `smull` +
+`sadalp` on signed inputs), bit-exact against the integer reference, and bench's counts
+beside ONNX Runtime and the fp32 program."""
 
 from __future__ import annotations
 
@@ -10,13 +10,18 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import onnx
 import pytest
+from onnx import numpy_helper
 import tvm
 import tvm.s_tir as s_tir
 from tvm import te
 
+from edge_mnv1.artifact.target import load_target
+from edge_mnv1.compiler import integer
 from edge_mnv1.compiler.schedules import int8_requant_neon
 from edge_mnv1.compiler.tvm_target import host_features, vector_unit
+from edge_mnv1.quant import qdq
 
 from compiled import REPO, cli_json
 
@@ -70,6 +75,24 @@ def test_vector_unit_names_the_integer_kind_from_the_features():
     assert kind(dict(arm, mcpu="cortex-a76", mattr=["+neon", "+dotprod"])) == "dotprod"
     mcu = {"kind": "llvm", "mtriple": "thumbv7em-none-eabihf", "mcpu": "cortex-m7"}
     assert kind(mcu) == ""                      # firmware keeps its integer kernels plain
+
+
+def test_signed_pointwise_inputs_skip_weights_of_minus_128(int8_model):
+    """Every depthwise output read by a pointwise convolution is stored as int8 x - 128 on
+    an AArch64 target, except where that convolution has a weight of -128 (two products of
+    -128 x -128 overflow the kernel's int16 lanes): it keeps uint8 and the smlal kernel."""
+    model = qdq.from_onnx(onnx.load(int8_model))
+    pointwise = [la for la in model.layers if la.op == "conv" and la.groups == 1
+                 and la.weight.shape[2:] == (1, 1)]
+    shifted = integer.signed_inputs(model)
+    assert shifted == {la.x for la in pointwise} and len(shifted) == 13
+    assert integer.options_for(load_target("rpi4"))[2]
+    assert not integer.options_for(load_target("host"))[2]
+
+    layer = pointwise[3]
+    layer.weight = layer.weight.copy()
+    layer.weight.flat[0] = -128
+    assert integer.signed_inputs(model) == shifted - {layer.x}
 
 
 def _requant_kernel(rounding: int, lanes: int = 8) -> tvm.tirx.PrimFunc:
@@ -139,15 +162,34 @@ def test_host_int8_is_bit_exact_on_all_digits(int8_model, tmp_path):
         assert "vpdpbusd" in _disassembly(tmp_path / "host")
 
 
+def _with_weight_of_minus_128(src: Path, dst: Path) -> Path:
+    """A copy of the QDQ model whose second pointwise convolution has one weight of -128."""
+    m = onnx.load(src)
+    pointwise = [i for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT8
+                 and len(i.dims) == 4 and i.dims[1] > 1 and list(i.dims[2:]) == [1, 1]]
+    w = numpy_helper.to_array(pointwise[1]).copy()
+    w.flat[w.argmin()] = -128
+    pointwise[1].CopyFrom(numpy_helper.from_array(w, pointwise[1].name))
+    onnx.save(m, dst)
+    return dst
+
+
 @pytest.mark.slow
 @pytest.mark.emulator
-def test_rpi4_int8_uses_smlal_and_is_bit_exact_under_qemu(int8_model, tmp_path):
+def test_rpi4_int8_multiplies_bytes_and_is_bit_exact_under_qemu(int8_model, tmp_path):
+    """One compile covers both pointwise kernels: 8-bit products on signed inputs, and
+    the smlal one where a weight of -128 keeps a layer's input uint8."""
     art = tmp_path / "rpi4"
-    c = cli_json("compile", int8_model, "--target", "rpi4", "-o", art, "--untuned")
+    model = _with_weight_of_minus_128(int8_model, tmp_path / "minus128.onnx")
+    c = cli_json("compile", model, "--target", "rpi4", "-o", art, "--untuned")
     assert c["workspace_bytes"] == 0        # every tile's accumulators on the stack
     asm = _disassembly(art, "aarch64-linux-gnu-objdump")
-    # smlal by element: a widened activation lane times a row of 8 widened weights.
-    assert asm.count("smlal") > 100 and ".h[7]" in asm
+    # The pointwise kernels on signed inputs (int8_neon_s8): 8 int8 x int8 products per
+    # smull, pairs of int16 sums into int32 by sadalp; 8 or 16 per tile, in 7 kernels (the
+    # first has 8 input channels, under the 16 a step reduces).
+    assert asm.count("smull\tv") >= 7 * 8 and asm.count("sadalp\tv") >= 7 * 8
+    # smlal by element (int8_neon): a widened activation lane times 8 widened weights.
+    assert ".h[7]" in asm
     # The requantization in 32-bit lanes (int8_requant_neon): every conv's epilogue.
     assert asm.count("sqrdmulh\tv") >= 27 and asm.count("srshl\tv") >= 27
     p = cli_json("parity", art, "--device", "local", "--data", "digits",
@@ -171,6 +213,6 @@ def test_bench_counts_int8_beside_onnxruntime_and_the_fp32_program(int8_model, d
     assert "onnxruntime_instructions_per_inference" in r, r.get("onnxruntime_instructions_error")
     assert r["instructions_vs_onnxruntime"] == \
         round(ours / r["onnxruntime_instructions_per_inference"], 3)
-    # The pointwise kernels (95 % of the multiply-adds) run on smlal: the program needs
+    # The pointwise kernels (95 % of the multiply-adds) run on smull: the program needs
     # fewer instructions per multiply-add than the old plain integer loops' 4.19.
     assert r["instructions_per_mac"] < 1.0

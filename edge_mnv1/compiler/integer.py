@@ -6,12 +6,14 @@ integer graph is built here from the same `IntegerModel` the reference runs: bot
 the identical integer operations, which is what makes devices bit-exact against it.
 FuseOps folds each requantization chain into its convolution's kernel.
 
-No activation is ever widened or centred: a layer multiplies the raw uint8 input and adds
-the bias with the input's zero point folded in (`folded_bias`); where that zero point is
-not 0 (the first conv) the input is padded with it inside the conv's own kernel, so the
-arena holds uint8 activations only. With layout="NHWC" every activation is channels-last
-(NHWC, weights OHWI) and the first conv also reads the NCHW input through a transpose
-inlined into its kernel.
+No activation is ever widened: a layer multiplies the raw uint8 input and adds the bias
+with the input's zero point folded in (`folded_bias`); where that zero point is not 0 (the
+first conv) the input is padded with it inside the conv's own kernel. On AArch64 the
+inputs of pointwise convolutions are stored centred instead, as int8 x - 128
+(`signed_inputs`: the requantization writes them for the same cost), for NEON's 8-bit
+products; every other activation is uint8. With layout="NHWC" every activation is
+channels-last (NHWC, weights OHWI) and the first conv also reads the NCHW input through a
+transpose inlined into its kernel.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class _Graph:
         """int32 acc = folded bias + conv(uint8 x, int8 w): padded with 0 by conv2d when
         z_x = 0, otherwise with z_x inside one TE kernel (pad + conv, and the transpose of a
         channels-first input when the graph is channels-last)."""
-        if zx == 0 and not from_nchw:
+        if (zx == 0 or not any(layer.pads)) and not from_nchw:
             layouts = ("NHWC", "OHWI") if self.nhwc else ("NCHW", "OIHW")
             acc = self.emit(relax.op.nn.conv2d(
                 src, self.weight(layer.weight), strides=layer.strides, padding=layer.pads,
@@ -77,10 +79,11 @@ class _Graph:
             acc = self.emit(relax.op.subtract(acc, relax.const(zx * hw, "int32")))
         return acc
 
-    def requantize(self, acc, layer: Layer, ndim: int, zero_point: int):
+    def requantize(self, acc, layer: Layer, ndim: int, zero_point: int, signed: bool = False):
         """docs/int8.md's rule, elementwise after the accumulator (FuseOps puts it in the
         accumulator's kernel): int32 M and right shift per channel, widened to int64 in the
-        kernel for the products; the left shift only where some multiplier is >= 1."""
+        kernel for the products; the left shift only where some multiplier is >= 1.
+        `signed`: the result minus 128 as int8 (`signed_inputs`), for the same cost."""
         left, right = split_shift(layer.shift)
         i64 = lambda v: relax.const(v, "int64")  # noqa: E731
         a = self.emit(relax.op.astype(acc, "int64"))
@@ -97,10 +100,32 @@ class _Graph:
             rs = self.emit(relax.op.astype(self.per_channel(right, ndim, "int32"), "int64"))
             t = self.emit(relax.op.right_shift(self.emit(relax.op.left_shift(t, i64(1))), rs))
             t = self.emit(relax.op.right_shift(self.emit(relax.op.add(t, i64(1))), i64(1)))
-        if zero_point:
-            t = self.emit(relax.op.add(t, i64(zero_point)))
-        t = self.emit(relax.op.clip(t, layer.lo, layer.hi))
-        return self.emit(relax.op.astype(t, "uint8"))
+        shift = SIGNED_OFFSET if signed else 0
+        if zero_point != shift:
+            t = self.emit(relax.op.add(t, i64(zero_point - shift)))
+        t = self.emit(relax.op.clip(t, layer.lo - shift, layer.hi - shift))
+        return self.emit(relax.op.astype(t, "int8" if signed else "uint8"))
+
+
+SIGNED_OFFSET = 128
+
+
+def signed_inputs(model: IntegerModel) -> set[str]:
+    """The activations stored as x - 128 in int8 for an 8-bit-product kernel
+    (schedules/int8_neon_s8.py): those every reader of is a pointwise convolution whose
+    weights avoid -128 (two products of -128 x -128 would overflow its int16 lanes), written
+    by a requantized layer. Such a reader adds 128 * sum(w) to its bias (its input's zero
+    point, as seen by folded_bias, is z_x - 128), so its accumulator is unchanged."""
+    readers: dict[str, list[Layer]] = {}
+    for layer in model.layers:
+        readers.setdefault(layer.x, []).append(layer)
+    written = {layer.y for layer in model.layers if layer.op in ("conv", "gemm")}
+
+    def pointwise(layer: Layer) -> bool:
+        return (layer.op == "conv" and layer.groups == 1 and layer.weight.shape[2:] == (1, 1)
+                and not any(layer.pads) and int(layer.weight.min()) > -128)
+    return {name for name, users in readers.items()
+            if name in written and name != model.output and all(map(pointwise, users))}
 
 
 def _padded_conv(layer: Layer, zx: int, nhwc: bool, from_nchw: bool):
@@ -126,33 +151,44 @@ def _padded_conv(layer: Layer, zx: int, nhwc: bool, from_nchw: bool):
     return compute
 
 
-def options_for(target) -> tuple[str, tuple]:
-    """(activation layout, kernel features) of the integer graph for a target: its file's
-    `features` (the runtime's int8 kernels, which are channels-last) or its layout."""
+def options_for(target) -> tuple[str, tuple, bool]:
+    """(activation layout, kernel features, signed pointwise inputs) of the integer graph
+    for a target: its file's `features` (the runtime's int8 kernels, which are
+    channels-last) or its layout; signed inputs for a channels-last AArch64 Linux target
+    with prepacked weights (its NEON 8-bit-product pointwise kernel)."""
     if target is None:
-        return "NCHW", ()
+        return "NCHW", (), False
     features = tuple(target.tvm.get("features", ()))
     unknown = [f for f in features if f not in integer_arm_m.FEATURES]
     if unknown or len(features) > 1:
         raise UsageError(f"{target.path}: tvm.features = {list(features)!r}: give at most one "
                          f"of {', '.join(map(repr, integer_arm_m.FEATURES))}")
-    return ("NHWC" if features else target.layout), features
+    layout = "NHWC" if features else target.layout
+    spec = target.tvm.get("target", {})
+    triple = str(spec.get("mtriple", "") if isinstance(spec, dict) else spec)
+    signed = (not features and layout == "NHWC" and target.prepack_weights
+              and triple.startswith(("aarch64", "arm64")))
+    return layout, features, signed
 
 
-def to_relax(model: IntegerModel, layout: str = "NCHW", features: tuple = ()) -> tvm.IRModule:
+def to_relax(model: IntegerModel, layout: str = "NCHW", features: tuple = (),
+             signed: bool = False) -> tvm.IRModule:
     """The integer graph with activations in `layout` ("NCHW" or "NHWC"); the input stays
     the model's NCHW uint8 tensor and the output the uint8 logits. With a feature ("dsp",
-    "mve"; layout NHWC) the convolutions call the runtime's Cortex-M kernels."""
+    "mve"; layout NHWC) the convolutions call the runtime's Cortex-M kernels. `signed`:
+    the activations of `signed_inputs` are int8 x - 128."""
     bb = relax.BlockBuilder()
     nhwc = layout == "NHWC"
     g = _Graph(bb, nhwc)
+    shifted = signed_inputs(model) if signed else set()
     x = relax.Var(model.input_name, relax.TensorType(list(model.input_shape), "uint8"))
     with bb.function("main", [x]):
         with bb.dataflow():
             acts = {model.input: x}
             for layer in model.layers:
                 src = acts[layer.x]
-                zx = model.qparams[layer.x].zero_point
+                zx = model.qparams[layer.x].zero_point - (SIGNED_OFFSET if layer.x in shifted
+                                                           else 0)
                 zy = model.qparams[layer.y].zero_point
                 from_nchw = nhwc and layer.x == model.input
                 if from_nchw and layer.op != "conv":
@@ -177,7 +213,7 @@ def to_relax(model: IntegerModel, layout: str = "NCHW", features: tuple = ()) ->
                     acc, ndim = g.avgpool(src, zx, hw), 4
                 else:
                     raise AssertionError(layer.op)
-                acts[layer.y] = g.requantize(acc, layer, ndim, zy)
+                acts[layer.y] = g.requantize(acc, layer, ndim, zy, layer.y in shifted)
             y = acts[model.output]
             out = bb.emit_output(_channels_first(g, y) if model.output != model.input else y)
         bb.emit_func_output(out)

@@ -26,13 +26,7 @@ import tvm.tirx as tirx
 
 from edge_mnv1.compiler.schedules import blocked
 from edge_mnv1.compiler.schedules.anatomy import Anatomy
-
-
-# The tile's accumulators: a "global" allocation under 1 KB inside a kernel is a stack array
-# (TVM's LowerTVMBuiltin), which LLVM promotes to registers; a "local" one is a workspace
-# allocation and release per tile (two calls into the runtime, 0.02 instructions per
-# multiply-add at rpi4 1.0/224) and a round trip through memory before the epilogue.
-ACC_SCOPE = "global"
+from edge_mnv1.compiler.schedules.blocked import ACC_SCOPE    # accumulators on the stack
 
 
 @dataclass(frozen=True)
@@ -46,6 +40,7 @@ class Int8Dot:
     panel_cost: int     # instructions per step to load a panel, shared by the pixels
     pixel_cost: int     # instructions per step to load a pixel's data, shared by the panels
     dot_cost: int       # instructions per step, pixel and panel: the products
+    signed: bool = False  # multiplies int8 activations (else uint8)
 
     def cost(self) -> float:
         """Instructions per multiply-add of the micro-kernel (the estimate `fit` ranks by)."""
@@ -56,8 +51,9 @@ class Int8Dot:
 
 def fit(sch: s_tir.Schedule, a: Anatomy, dots: list[Int8Dot]) -> Int8Dot | None:
     """The cheapest of `dots` with its tile shrunk to divide the kernel's pixels and
-    channels, if the kernel is a channels-last pointwise one of uint8 data and int8 weights
-    whose channel counts the instruction divides; else None."""
+    channels, if the kernel is a channels-last pointwise one of uint8 (or, for a `signed`
+    dot, int8) data and int8 weights whose channel counts the instruction divides; else
+    None."""
     if a.kind != "pointwise" or a.vector != a.channel or a.weight is None or a.row is None:
         return None
     node = sch.get(a.block)
@@ -66,12 +62,13 @@ def fit(sch: s_tir.Schedule, a: Anatomy, dots: list[Int8Dot]) -> Int8Dot | None:
     dtypes = sorted(r.source.dtype for r in node.reads
                     if not r.source.same_as(node.writes[0].source))
     depth = [i for i in a.reduce if a.extents[i] > 1]
-    if dtypes != ["int8", "uint8"] or len(depth) != 1:
+    if dtypes not in (["int8", "int8"], ["int8", "uint8"]) or len(depth) != 1:
         return None
+    signed = dtypes == ["int8", "int8"]
     # Pixels along the output's row (fusing rows and columns defeats tensorize's blockize).
     shaped = [replace(d, rows=_divisor(a.extents[a.row], d.rows),
                       vectors=_divisor(a.extents[a.channel] // d.lanes, d.vectors))
-              for d in dots if not a.extents[depth[0]] % d.depth
+              for d in dots if d.signed == signed and not a.extents[depth[0]] % d.depth
               and not a.extents[a.channel] % d.lanes]
     return min(shaped, key=Int8Dot.cost, default=None)
 
@@ -83,7 +80,7 @@ def _divisor(n: int, limit: int) -> int:
 def apply(sch: s_tir.Schedule, a: Anatomy, dot: Int8Dot, parallel: bool) -> None:
     """Schedules the kernel in place (`dot` as `fit` returned it)."""
     k_axis = next(i for i in a.reduce if a.extents[i] > 1)
-    _prepack(sch, a, dot, k_axis)
+    prepack(sch, a, dot, k_axis)
     if a.epilogue is None:
         a.epilogue = sch.cache_write(a.block, 0, ACC_SCOPE)
     else:
@@ -108,7 +105,7 @@ def apply(sch: s_tir.Schedule, a: Anatomy, dot: Int8Dot, parallel: bool) -> None
         blocked.vectorize_tail(sch, block, dot.lanes)
 
 
-def _prepack(sch: s_tir.Schedule, a: Anatomy, dot: Int8Dot, k_axis: int) -> None:
+def prepack(sch: s_tir.Schedule, a: Anatomy, dot: Int8Dot, k_axis: int) -> None:
     """The weight (O, 1, 1, K) read through a copy in the instruction's panel layout, which
     lowering.prepack_weights computes at compile time (the layout-rewrite block)."""
     reads = sch.get(a.block).reads

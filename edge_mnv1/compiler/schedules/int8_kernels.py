@@ -10,17 +10,17 @@ from dataclasses import replace
 import tvm
 import tvm.s_tir as s_tir
 import tvm.tirx as tirx
-from tvm_ffi import structural_walk
 
 from edge_mnv1 import log
-from edge_mnv1.compiler.schedules import (int8_blocked, int8_neon, int8_requant_neon, int8_x86,
-                                          prepack)
+from edge_mnv1.compiler.schedules import (int8_blocked, int8_neon, int8_neon_s8,
+                                          int8_requant_neon, int8_x86, prepack)
 from edge_mnv1.compiler.schedules.anatomy import analyse, inline_all
 from edge_mnv1.compiler.tvm_target import VectorUnit
 
 
 def dots_for(unit: VectorUnit) -> list[int8_blocked.Int8Dot]:
-    return int8_x86.dots_for(unit.int8) + int8_neon.dots_for(unit.int8)
+    return (int8_x86.dots_for(unit.int8) + int8_neon.dots_for(unit.int8)
+            + int8_neon_s8.dots_for(unit.int8))
 
 
 def apply(func: tirx.PrimFunc, unit: VectorUnit) -> tirx.PrimFunc | None:
@@ -36,7 +36,8 @@ def apply(func: tirx.PrimFunc, unit: VectorUnit) -> tirx.PrimFunc | None:
     if shaped is None:
         return None
     try:
-        int8_blocked.apply(sch, anatomy, shaped, unit.parallel)
+        schedule = int8_neon_s8.apply if shaped.signed else int8_blocked.apply
+        schedule(sch, anatomy, shaped, unit.parallel)
     except (s_tir.ScheduleError, tvm.error.InternalError, ValueError) as err:
         log.info(f"default schedule: an int8 pointwise kernel kept the generic one: "
                  f"{str(err).strip().splitlines()[-1][:200]}")
@@ -45,32 +46,14 @@ def apply(func: tirx.PrimFunc, unit: VectorUnit) -> tirx.PrimFunc | None:
 
 
 def finish_integer(func: tirx.PrimFunc, unit: VectorUnit) -> tirx.PrimFunc:
-    """A scheduled kernel of a target with an integer kind: int32 accumulators on the stack
-    and the requantization in the target's 32-bit instructions where it has them (NEON:
-    int8_requant_neon); any other kernel as it is."""
+    """A scheduled kernel of a target with an integer kind: the requantization in the
+    target's 32-bit instructions where it has them (NEON: int8_requant_neon); any other
+    kernel as it is. (Its accumulators are on the stack already: blocked.ACC_SCOPE.)"""
     if not unit.int8:
         return func
-    func = _accumulators_on_stack(func)
     if unit.int8 in ("neon", "dotprod"):
         return int8_requant_neon.rewrite(func)
     return func
-
-
-def _accumulators_on_stack(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """The register-blocked default keeps a tile's accumulators in "local" storage, which
-    TVM 0.27 lowers to a workspace allocation and release per tile; int32 ones become
-    "global" instead, a stack array when the tile is under 1 KB (int8_blocked.ACC_SCOPE).
-    """
-    sch = s_tir.Schedule(func)
-    names = []
-    structural_walk(func, [(s_tir.SBlock, lambda b: names.append(b.name_hint))])
-    for name in dict.fromkeys(names):
-        block = sch.get_sblock(name)
-        for index, region in enumerate(sch.get(block).writes):
-            # (the buffer's shape is the whole output until TVM compacts it to the tile)
-            if region.source.scope() == "local" and region.source.dtype == "int32":
-                sch.set_scope(block, index, int8_blocked.ACC_SCOPE)
-    return sch.mod["main"]
 
 
 def unit_for(sch: s_tir.Schedule, a, unit: VectorUnit) -> VectorUnit | None:

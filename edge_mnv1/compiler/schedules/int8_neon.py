@@ -7,9 +7,10 @@ int16, exact) and each of the 8 weight rows of a 16-channel panel once (`sxtl`, 
 the tile's pixels); then every (pixel, channel, step) is one lane of an `smlal`. The panel
 is prepacked [8 input channels][16 output channels] so a row is one 16-byte load.
 
-`sdot`/`udot` (ARMv8.2 dotprod, e.g. Cortex-A76) multiply int8 by int8 or uint8 by uint8,
-not uint8 activations by int8 weights; until the integer graph carries signed activations
-a dotprod target uses the same `smlal` kernel (it is ARMv8.0 code, valid there too).
+Where the integer graph gives a pointwise convolution signed inputs (compiler/integer.py:
+every weight in [-127, 127]) int8_neon_s8 multiplies bytes instead; this kernel keeps the
+uint8 ones. `sdot`/`udot` (ARMv8.2 dotprod, e.g. Cortex-A76) are not used yet: a dotprod
+target runs the same ARMv8.0 kernels.
 """
 
 from __future__ import annotations
@@ -70,8 +71,13 @@ def _smlal(desc: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
             x = tirx.Cast("int32x8", tirx.Shuffle([x16], [k] * 8))
             stores.append(tirx.BufferStore(c, c.vload([h], "int32x8") + w * x,
                                            [tirx.Ramp(h, 1, 8)]))
+    return implementation(desc, tirx.SeqStmt(stores))
+
+
+def implementation(desc: tirx.PrimFunc, stmt: tirx.Stmt) -> tirx.PrimFunc:
+    """A tensor intrinsic's implementation: `desc` with `stmt` as its root block's body."""
     root = desc.body.block
-    body = s_tir.SBlock([], root.reads, root.writes, root.name_hint, tirx.SeqStmt(stores))
+    body = s_tir.SBlock([], root.reads, root.writes, root.name_hint, stmt)
     return desc.with_body(s_tir.SBlockRealize([], True, body))
 
 

@@ -75,8 +75,9 @@ def _rounded(e) -> tirx.PrimExpr | None:
 
 
 def _requantized(e: tirx.Cast) -> tirx.PrimExpr | None:
-    """cast(uint8, max(min(u [+ z], hi), lo)) of the int64 rule, in int32 intrinsics."""
-    if not (str(e.ty) == "uint8" and isinstance(e.value, tirx.Max)
+    """cast(uint8, max(min(u [+ z], hi), lo)) of the int64 rule, in int32 intrinsics (or
+    cast(int8, ...): an activation stored as x - 128, compiler/integer.py)."""
+    if not (str(e.ty) in ("uint8", "int8") and isinstance(e.value, tirx.Max)
             and isinstance(e.value.b, tirx.IntImm) and isinstance(e.value.a, tirx.Min)
             and isinstance(e.value.a.b, tirx.IntImm)):
         return None
@@ -84,12 +85,14 @@ def _requantized(e: tirx.Cast) -> tirx.PrimExpr | None:
     zero = 0
     if isinstance(core, tirx.Add) and isinstance(core.b, tirx.IntImm):
         zero, core = core.b.value, core.a
+    elif isinstance(core, tirx.Sub) and isinstance(core.b, tirx.IntImm):
+        zero, core = -core.b.value, core.a
     u = _rounded(core)
     if u is None:
         return None
     i32 = lambda v: tirx.IntImm("int32", v)  # noqa: E731
     clamped = tirx.Max(tirx.Min(u, i32(hi - zero)), i32(lo - zero))
-    return tirx.Cast("uint8", clamped + i32(zero) if zero else clamped)
+    return tirx.Cast(str(e.ty), clamped + i32(zero) if zero else clamped)
 
 
 def _high_muls(node) -> int:
@@ -141,11 +144,13 @@ def rewrite(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
 
 def _all_vectorized(func: tirx.PrimFunc) -> bool:
-    """Every intrinsic call sits in a 4-lane vectorized loop."""
+    """Every intrinsic call sits in a 4-lane vectorized loop (or a 2-lane one, a d register:
+    the 2-channel tiles of int8_neon_s8)."""
     inside = []
 
     def on_for(loop):
-        if loop.kind == tirx.ForKind.VECTORIZED and _is(loop.extent, LANES):
+        if loop.kind == tirx.ForKind.VECTORIZED and (_is(loop.extent, LANES)
+                                                      or _is(loop.extent, 2)):
             inside.append(_high_muls(loop.body))
     structural_walk(func, [(tirx.For, on_for)])
     return sum(inside) == _high_muls(func)

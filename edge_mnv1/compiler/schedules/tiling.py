@@ -4,8 +4,10 @@ A micro-kernel keeps `rows x vectors` accumulators of `lanes` fp32 each in regis
 per reduction step, loads `vectors` operands along the contiguous axis plus one value per
 row (a broadcast, or the data vector of a depthwise tap). Accumulators take at most half
 the registers (more, and LLVM's scheduling of the loads spills: measured on AVX-512, 28
-accumulators ran 1.5x slower than 16), and among tiles as large, the one with the fewest
-loads per multiply-add wins.
+accumulators ran 1.5x slower than 16) and less than 1 KB, so that they are a stack array
+(blocked.ACC_SCOPE) and not a workspace allocation per tile (AVX-512: 16 x 16 fp32 lanes is
+1 KB; tiles under it took 4-5 % less CPU time per inference at 1.0/224 than 16 x 16); among
+tiles as large, the one with the fewest loads per multiply-add wins.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from dataclasses import dataclass
 
 from edge_mnv1.compiler.schedules.anatomy import Anatomy
 from edge_mnv1.compiler.tvm_target import VectorUnit
+
+# TVM puts a kernel's buffer on the stack when it is smaller than this (kMaxStackAlloca).
+STACK_BYTES = 1024
+ACC_BYTES = 4       # an fp32 or int32 accumulator lane
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,8 @@ def _best(unit: VectorUnit, lanes: int, vec_extent: int, row_extent: int, max_ve
     for nv in _divisors(vec_extent // lanes, max_vectors):
         for mr in _divisors(row_extent, unit.registers):
             if nv * mr + nv + spare > unit.registers or nv * mr > max(unit.registers // 2, 1):
+                continue
+            if nv * mr * lanes * ACC_BYTES >= STACK_BYTES:
                 continue
             key = (nv * mr, -(nv + mr))
             if best_key is None or key > best_key:
