@@ -247,8 +247,13 @@ def test_cortex_m_is_bit_exact(int8_model, tmp_path, board):
     manifest = json.loads((art / "manifest.json").read_text())
     feature = {"mps2-an500": "dsp", "mps3-an547": "mve"}[board]
     calls = [k["kernel"] for k in manifest["kernels"]]
-    # first conv, 13 depthwise, 13 pointwise (a kernel used twice keeps its name)
-    assert sum(c.startswith("s8_") and f"_{feature}" in c for c in calls) == 27
+    # first conv, 13 depthwise, 13 pointwise, and once more per extra tile for each layer
+    # the target's patch plan tiles (docs/mcu.md, "Patch-based execution")
+    plan = manifest.get("patches") or {}
+    tiled = sum(s["kind"] == "conv" for s in plan.get("steps", [])[:plan.get("stage", 0)])
+    assert sum(c.startswith("s8_") and f"_{feature}" in c for c in calls) == \
+        27 + (plan.get("tiles", 1) ** 2 - 1) * tiled
+    assert not [c for c in calls if "conv2d" in c], calls   # no TVM convolution left
     assert (art / "kernels_s8_arm_m.c").is_file()
     p = cli_json("parity", art, "--device", "emulated", "--data", "digits:60",
                  "--reference", "integer")
