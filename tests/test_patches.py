@@ -117,6 +117,21 @@ def test_int8_cortex_m_patched_is_bit_exact_over_serial(models, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.emulator
+def test_int8_cortex_m_tiles_of_a_map_as_high_as_it_is_deep(digits_onnx, tmp_path):
+    """At 0.25/64 step 4 (dw2) outputs 16x16x16, channels-last: its height equals its
+    channels, and the tiles must still be joined along height and width (the C kernels'
+    outputs are NHWC whatever their shape), bit-exact."""
+    q, art = tmp_path / "q.onnx", tmp_path / "m"
+    cli_json("quantize", digits_onnx, "--calib", "digits:32", "-o", q)
+    cli_json("compile", q, "--target", "mps2-an500", "-o", art, "--patches", "2x2@4")
+    assert json.loads((art / "manifest.json").read_text())["patches"]["split"] == "2x2@4"
+    p = cli_json("parity", art, "--device", "emulated", "--data", "digits:3",
+                 "--reference", "integer")
+    assert p["passed"] and p["n"] == 3 and p["max_abs_error"] == 0.0
+
+
+@pytest.mark.slow
 def test_fits_only_with_patches(models, tmp_path):
     """A board whose RAM holds the patched plan but not the layer-by-layer one (the F722's
     file with 88 KB of SRAM, for the 0.25/96 int8 model): refused with both plans without

@@ -100,6 +100,22 @@ def _kernel_layer(mod, value, cur, layers: list, done: int):
     return None
 
 
+def _kernel_layout(kind: str, value, layer, in_hw: tuple) -> str:
+    """The layout of an integer kernel's output. A C kernel's is NHWC (integer_arm_m's
+    `layer_call`); the TE conv's the graph's: told by where the output channels are, not by
+    `shape[1] == channels` alone (an NHWC map whose height equals its channels, e.g.
+    16x16x16, would pass for NCHW), else by its weight's layout (OIHW or OHWI)."""
+    if kind == "extern":
+        return "NHWC"
+    (kh, kw), (sh, sw) = layer.weight.shape[2:], layer.strides
+    top, left, bottom, right = layer.pads
+    ho, wo = (in_hw[0] + top + bottom - kh) // sh + 1, (in_hw[1] + left + right - kw) // sw + 1
+    o, shape = layer.weight.shape[0], shape_of(value)
+    if shape != (1, ho, wo, o) or shape != (1, o, ho, wo):
+        return "NHWC" if shape == (1, ho, wo, o) else "NCHW"
+    return "NCHW" if shape_of(value.args[1].fields[1]) == layer.weight.shape else "NHWC"
+
+
 def _classify(mod, value, cur, layout: str, layers: list, done: int):
     """(kind, output layout, layer, feature) of an op on the chain's current tensor, or None:
     not per-tile."""
@@ -126,8 +142,8 @@ def _classify(mod, value, cur, layout: str, layers: list, done: int):
         got = _kernel_layer(mod, value, cur, layers, done)
         if got is None:
             return None
-        cout = got[1].weight.shape[0]
-        return got[0], "NCHW" if shape_of(value)[1] == cout else "NHWC", got[1], got[2]
+        return got[0], _kernel_layout(got[0], value, got[1], _hw(shape_of(cur), layout)), \
+            got[1], got[2]
     if op in _ELEMENTWISE and _hw(shape_of(value), layout) == _hw(shape_of(cur), layout):
         return "pass", layout, None, ""
     return None
