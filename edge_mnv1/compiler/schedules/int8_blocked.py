@@ -27,6 +27,7 @@ import tvm.tirx as tirx
 from edge_mnv1.compiler.schedules import blocked
 from edge_mnv1.compiler.schedules.anatomy import Anatomy
 from edge_mnv1.compiler.schedules.blocked import ACC_SCOPE    # accumulators on the stack
+from edge_mnv1.compiler.schedules.tiling import ACC_BYTES, STACK_BYTES
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,10 @@ def fit(sch: s_tir.Schedule, a: Anatomy, dots: list[Int8Dot]) -> Int8Dot | None:
                       vectors=_divisor(a.extents[a.channel] // d.lanes, d.vectors))
               for d in dots if d.signed == signed and not a.extents[depth[0]] % d.depth
               and not a.extents[a.channel] % d.lanes]
-    return min(shaped, key=Int8Dot.cost, default=None)
+    # A tile of STACK_BYTES or more is a workspace allocation per tile (tiling.STACK_BYTES):
+    # take it only when no smaller one fits.
+    small = [d for d in shaped if d.rows * d.vectors * d.lanes * ACC_BYTES < STACK_BYTES]
+    return min(small or shaped, key=Int8Dot.cost, default=None)
 
 
 def _divisor(n: int, limit: int) -> int:
