@@ -151,11 +151,14 @@ def _check_parity(p: dict, url: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.emulator
-def test_parity_and_bench_over_rfc2217_through_ser2net(firmware):
+@pytest.mark.parametrize("server, scheme", [(board_behind_ser2net, "rfc2217://127.0.0.1:"),
+                                            (board_behind_socat, "serial:///dev/pts/")],
+                         ids=["rfc2217-through-ser2net", "pty-joined-by-socat"])
+def test_parity_and_bench_through_a_serial_server(firmware, server, scheme):
     before = _children()
     art = Artifact.load(firmware)
-    with board_behind_ser2net(art.target, art.firmware) as url:
-        assert url.startswith("rfc2217://127.0.0.1:")
+    with server(art.target, art.firmware) as url:
+        assert url.startswith(scheme)
         p = cli_json("parity", firmware, "--device", url, "--data", "digits",
                      "--limit", PARITY_INPUTS, timeout=300)
         _check_parity(p, url)
@@ -165,19 +168,6 @@ def test_parity_and_bench_over_rfc2217_through_ser2net(firmware):
         # -icount shift=0: instructions per inference, the same on every run (+- one tick
         # of 40 instructions), whatever the link.
         assert b["device_median_ticks"] > 1e6 and max(b["ticks"]) - min(b["ticks"]) <= 40
-    assert _servers_left(before) == []
-
-
-@pytest.mark.slow
-@pytest.mark.emulator
-def test_parity_over_a_pty_joined_by_socat(firmware):
-    before = _children()
-    art = Artifact.load(firmware)
-    with board_behind_socat(art.target, art.firmware) as url:
-        assert url.startswith("serial:///dev/pts/")
-        p = cli_json("parity", firmware, "--device", url, "--data", "digits",
-                     "--limit", PARITY_INPUTS, timeout=300)
-        _check_parity(p, url)
     assert _servers_left(before) == []
 
 

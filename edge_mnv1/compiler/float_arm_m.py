@@ -24,7 +24,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.ir.expr import Constant
 
-from edge_mnv1.compiler.integer_arm_m import EXTERN_ATTR, FEATURES, _extern
+from edge_mnv1.compiler.integer_arm_m import EXTERN_ATTR, FEATURES, extern_call
 from edge_mnv1.compiler.patch_chain import bindings, shape_of
 
 # Pointwise outputs per weight panel (EM_PANEL in the C file): two MVE vectors, or the
@@ -191,9 +191,9 @@ class _Rewriter:
             x = self.nhwc[src] if nhwc else self.nchw(bb, src)
             strides = [1, wd * c, c] if nhwc else [h * wd, wd, 1]
             scalars = [c, h, wd, *strides, o, w.shape[2], w.shape[3], sh, sw, top, left, ho, wo]
-        self.nhwc[end] = _extern(bb, f"em_f32_{kind}", f"{_PREFIX}{kind}",
-                                 [x, *self.consts[key]], [n, ho, wo, o], scalars,
-                                 dtype="float32")
+        self.nhwc[end] = extern_call(bb, f"em_f32_{kind}", f"{_PREFIX}{kind}",
+                                     [x, *self.consts[key]], [n, ho, wo, o], scalars,
+                                     dtype="float32")
         self.skip.update(folded)
         return True
 

@@ -45,8 +45,8 @@ def kind_of(layer: Layer, zx: int) -> str | None:
     return None
 
 
-def _extern(bb: relax.BlockBuilder, name: str, kernel: str, inputs: list, out_shape: list,
-            scalars: list, dtype: str = "uint8"):
+def extern_call(bb: relax.BlockBuilder, name: str, kernel: str, inputs: list,
+                out_shape: list, scalars: list, dtype: str = "uint8"):
     """A kernel named `kernel` (not `name`: the symbols would clash) whose body calls
     `name`(input pointers..., output pointer, scalars...); its output is `dtype`."""
     def compute(*tensors):
@@ -85,7 +85,7 @@ def layer_call(bb: relax.BlockBuilder, feature: str, layer: Layer, src, in_shape
     else:
         strides = [h * w, w, 1] if nchw_input else [1, w * c, c]   # channel, row, column
         scalars = [c, h, w, *strides, o, kh, kw, sh, sw, top, left_pad, ho, wo, zx, *clamp]
-    return _extern(bb, f"em_s8_{kind}_{feature}", f"s8_{kind}_{feature}", [src, *consts],
+    return extern_call(bb, f"em_s8_{kind}_{feature}", f"s8_{kind}_{feature}", [src, *consts],
                    [n, ho, wo, o], scalars)
 
 

@@ -14,7 +14,7 @@ import tvm.tirx as tirx
 import tvm.s_tir as s_tir
 
 from edge_mnv1 import log
-from edge_mnv1.compiler import schedules
+from edge_mnv1.compiler import cpu_intrinsics, schedules
 from edge_mnv1.compiler.integer import options_for as integer_options
 from edge_mnv1.compiler.integer_arm_m import EXTERN_ATTR
 from edge_mnv1.compiler.schedules.anatomy import inline_all
@@ -144,6 +144,8 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target | None 
 
 def apply_database(mod: tvm.IRModule, target: tvm.target.Target, database) -> tuple[tvm.IRModule, list[str]]:
     """Applies tuning records; returns the module and the kernels that a record covered."""
+    # A record's trace may tensorize with TVM's CPU intrinsics, looked up by name.
+    cpu_intrinsics.load(str(target.attrs.get("mtriple", "")))
     with target, database:
         tuned = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
     applied = [name for name, f in kernels(tuned).items() if is_scheduled(f)]
