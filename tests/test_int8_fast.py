@@ -1,7 +1,7 @@
 """Fast int8 kernels on Linux targets: the integer dot-product micro-kernel each CPU's
 features select (x86 AVX-512 VNNI `vpdpbusd`, AVX2 `vpmaddwd`, AArch64 NEON `smull` +
-`sadalp` on signed inputs), bit-exact against the integer reference, and bench's counts
-beside ONNX Runtime and the fp32 program."""
+`sadalp` on signed inputs, `sdot` where the target names +dotprod), bit-exact against the
+integer reference, and bench's counts beside ONNX Runtime and the fp32 program."""
 
 from __future__ import annotations
 
@@ -188,6 +188,7 @@ def test_rpi4_int8_multiplies_bytes_and_is_bit_exact_under_qemu(int8_model, tmp_
     # smull, pairs of int16 sums into int32 by sadalp; 8 or 16 per tile, in 7 kernels (the
     # first has 8 input channels, under the 16 a step reduces).
     assert asm.count("smull\tv") >= 7 * 8 and asm.count("sadalp\tv") >= 7 * 8
+    assert "\tsdot\t" not in asm              # ARMv8.0: no dot product (rpi5 has one)
     # smlal by element (int8_neon): a widened activation lane times 8 widened weights.
     assert ".h[7]" in asm
     # The requantization in 32-bit lanes (int8_requant_neon): every conv's epilogue.
@@ -195,6 +196,38 @@ def test_rpi4_int8_multiplies_bytes_and_is_bit_exact_under_qemu(int8_model, tmp_
     p = cli_json("parity", art, "--device", "local", "--data", "digits",
                  "--reference", "integer")
     assert p["passed"] and p["n"] == 450 and p["max_abs_error"] == 0.0
+
+
+def _functions_with(asm: str, op: str) -> dict[str, int]:
+    """How many times each function of an objdump listing holds instruction `op`."""
+    counts, name = {}, ""
+    for line in asm.splitlines():
+        if line.endswith(">:"):
+            name = line.split("<", 1)[1][:-2]
+        elif f"\t{op}\t" in line:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+@pytest.mark.slow
+@pytest.mark.emulator
+def test_rpi5_int8_pointwise_kernels_use_sdot_and_are_bit_exact_under_qemu(int8_model,
+                                                                          tmp_path):
+    """rpi5.toml names +dotprod (Cortex-A76): every pointwise kernel on signed inputs runs
+    on sdot (int8_neon_sdot), 4 activations x 4 weights into each int32 lane, no smull +
+    sadalp left; bit-exact under qemu-aarch64 -cpu cortex-a76."""
+    art = tmp_path / "rpi5"
+    c = cli_json("compile", int8_model, "--target", "rpi5", "-o", art, "--untuned")
+    assert c["workspace_bytes"] == 0        # no buffer of the intrinsic is a workspace
+    asm = _disassembly(art, "aarch64-linux-gnu-objdump")
+    # The model's 9 distinct pointwise kernels, each with a tile of >= 2 pixels x 4 panels
+    # of 4 channels unrolled: >= 8 sdot per kernel.
+    per_kernel = _functions_with(asm, "sdot")
+    assert len(per_kernel) == 9 and min(per_kernel.values()) >= 8, per_kernel
+    assert "\tsadalp\t" not in asm
+    p = cli_json("parity", art, "--device", "local", "--data", "digits", "--limit", "100",
+                 "--reference", "integer")
+    assert p["passed"] and p["n"] == 100 and p["max_abs_error"] == 0.0
 
 
 @pytest.mark.slow

@@ -13,14 +13,15 @@ import tvm.tirx as tirx
 
 from edge_mnv1 import log
 from edge_mnv1.compiler.schedules import (int8_blocked, int8_neon, int8_neon_s8,
-                                          int8_requant_neon, int8_x86, prepack)
+                                          int8_neon_sdot, int8_requant_neon,
+                                          int8_requant_x86, int8_x86, prepack)
 from edge_mnv1.compiler.schedules.anatomy import analyse, inline_all
 from edge_mnv1.compiler.tvm_target import VectorUnit
 
 
 def dots_for(unit: VectorUnit) -> list[int8_blocked.Int8Dot]:
     return (int8_x86.dots_for(unit.int8) + int8_neon.dots_for(unit.int8)
-            + int8_neon_s8.dots_for(unit.int8))
+            + int8_neon_s8.dots_for(unit.int8) + int8_neon_sdot.dots_for(unit.int8))
 
 
 def apply(func: tirx.PrimFunc, unit: VectorUnit) -> tirx.PrimFunc | None:
@@ -36,7 +37,9 @@ def apply(func: tirx.PrimFunc, unit: VectorUnit) -> tirx.PrimFunc | None:
     if shaped is None:
         return None
     try:
-        schedule = int8_neon_s8.apply if shaped.signed else int8_blocked.apply
+        # sdot (int8_neon_sdot) runs int8_blocked's nest; only smull + sadalp has its own.
+        schedule = (int8_neon_s8.apply if shaped.intrin == int8_neon_s8.NEON_S8_DOT_INTRIN
+                    else int8_blocked.apply)
         schedule(sch, anatomy, shaped, unit.parallel)
     except (s_tir.ScheduleError, tvm.error.InternalError, ValueError) as err:
         log.info(f"default schedule: an int8 pointwise kernel kept the generic one: "
@@ -47,12 +50,14 @@ def apply(func: tirx.PrimFunc, unit: VectorUnit) -> tirx.PrimFunc | None:
 
 def finish_integer(func: tirx.PrimFunc, unit: VectorUnit) -> tirx.PrimFunc:
     """A scheduled kernel of a target with an integer kind: the requantization in the
-    target's 32-bit instructions where it has them (NEON: int8_requant_neon); any other
-    kernel as it is. (Its accumulators are on the stack already: blocked.ACC_SCOPE.)"""
+    target's 32-bit instructions (NEON: int8_requant_neon, x86: int8_requant_x86); any
+    other kernel as it is. (Its accumulators are on the stack already: blocked.ACC_SCOPE.)"""
     if not unit.int8:
         return func
     if unit.int8 in ("neon", "dotprod"):
         return int8_requant_neon.rewrite(func)
+    if unit.int8 in ("vnni", "avx2"):
+        return int8_requant_x86.rewrite(func)
     return func
 
 

@@ -9,8 +9,8 @@ is prepacked [8 input channels][16 output channels] so a row is one 16-byte load
 
 Where the integer graph gives a pointwise convolution signed inputs (compiler/integer.py:
 every weight in [-127, 127]) int8_neon_s8 multiplies bytes instead; this kernel keeps the
-uint8 ones. `sdot`/`udot` (ARMv8.2 dotprod, e.g. Cortex-A76) are not used yet: a dotprod
-target runs the same ARMv8.0 kernels.
+uint8 ones. On a dotprod target (ARMv8.2, e.g. Cortex-A76) int8_neon_sdot's `sdot`
+replaces the byte kernel; this one still takes the uint8 inputs.
 """
 
 from __future__ import annotations

@@ -11,12 +11,14 @@ three NEON instructions on 4 lanes, so a scheduled kernel's epilogue is rewritte
     clamp(u + z, lo, hi)          clamp(u, lo - z, hi - z) + z, all in int32 (no overflow)
 
 LLVM cannot split these intrinsics across registers, so each vectorized loop holding one is
-split into 4-lane vectors (one register), the outer part unrolled.
+split into 4-lane vectors (one register), the outer part unrolled. The matching is shared
+with x86 (int8_requant_x86), which spells the three steps in its own int32 instructions.
 """
 
 from __future__ import annotations
 
 from functools import cache
+from typing import Callable, NamedTuple
 
 import tvm.tirx as tirx
 from tvm.ir.expr import Call
@@ -41,41 +43,54 @@ def _is(e, value: int) -> bool:
     return isinstance(e, tirx.IntImm) and e.value == value
 
 
-def _saturated_left(e) -> tirx.PrimExpr | None:
+class Steps(NamedTuple):
+    """A target's int32 spelling of the rule's three steps (all operands int32)."""
+    saturated_left: Callable    # (the int64 clamp, a, left) -> sat_int32(a << left)
+    high: Callable              # (a, M) -> (a * M + 2^30) >> 31
+    rounded: Callable           # (t, right) -> (t + 2^(right-1)) >> right, t if right = 0
+
+
+NEON = Steps(
+    lambda _, a, left: _intrin("llvm.aarch64.neon.sqshl", a, left),
+    lambda a, mult: _intrin(_HIGH_MUL, a, mult),
+    lambda t, right: _intrin("llvm.aarch64.neon.srshl", t, tirx.IntImm("int32", 0) - right))
+
+
+def _saturated_left(e, steps: Steps) -> tirx.PrimExpr | None:
     """max(min(cast(a) << cast(left), 2^31 - 1), -2^31)  ->  sqshl(a, left)."""
     if not (isinstance(e, tirx.Max) and _is(e.b, -(1 << 31)) and isinstance(e.a, tirx.Min)
             and _is(e.a.b, (1 << 31) - 1) and isinstance(e.a.a, tirx.LShift)):
         return None
     a, left = _int32_of(e.a.a.a), _int32_of(e.a.a.b)
-    return None if a is None or left is None else _intrin("llvm.aarch64.neon.sqshl", a, left)
+    return None if a is None or left is None else steps.saturated_left(e, a, left)
 
 
-def _high(e) -> tirx.PrimExpr | None:
+def _high(e, steps: Steps) -> tirx.PrimExpr | None:
     """(a * M + 2^30) >> 31  ->  sqrdmulh(a, M)."""
     if not (isinstance(e, tirx.RShift) and _is(e.b, 31) and isinstance(e.a, tirx.Add)
             and _is(e.a.b, 1 << 30) and isinstance(e.a.a, tirx.Mul)):
         return None
     product = e.a.a
     a = _int32_of(product.a)
-    a = a if a is not None else _saturated_left(product.a)
+    a = a if a is not None else _saturated_left(product.a, steps)
     mult = _int32_of(product.b)
-    return None if a is None or mult is None else _intrin(_HIGH_MUL, a, mult)
+    return None if a is None or mult is None else steps.high(a, mult)
 
 
-def _rounded(e) -> tirx.PrimExpr | None:
+def _rounded(e, steps: Steps) -> tirx.PrimExpr | None:
     """((t << 1 >> r) + 1) >> 1  ->  srshl(t, -r); a bare high multiply as itself."""
     if (isinstance(e, tirx.RShift) and _is(e.b, 1) and isinstance(e.a, tirx.Add)
             and _is(e.a.b, 1) and isinstance(e.a.a, tirx.RShift)
             and isinstance(e.a.a.a, tirx.LShift) and _is(e.a.a.a.b, 1)):
-        t, right = _high(e.a.a.a.a), _int32_of(e.a.a.b)
+        t, right = _high(e.a.a.a.a, steps), _int32_of(e.a.a.b)
         if t is None or right is None:
             return None
-        return _intrin("llvm.aarch64.neon.srshl", t, tirx.IntImm("int32", 0) - right)
-    return _high(e)
+        return steps.rounded(t, right)
+    return _high(e, steps)
 
 
-def _requantized(e: tirx.Cast) -> tirx.PrimExpr | None:
-    """cast(uint8, max(min(u [+ z], hi), lo)) of the int64 rule, in int32 intrinsics (or
+def requantized(e: tirx.Cast, steps: Steps = NEON) -> tirx.PrimExpr | None:
+    """cast(uint8, max(min(u [+ z], hi), lo)) of the int64 rule, in int32 `steps` (or
     cast(int8, ...): an activation stored as x - 128, compiler/integer.py)."""
     if not (str(e.ty) in ("uint8", "int8") and isinstance(e.value, tirx.Max)
             and isinstance(e.value.b, tirx.IntImm) and isinstance(e.value.a, tirx.Min)
@@ -87,7 +102,7 @@ def _requantized(e: tirx.Cast) -> tirx.PrimExpr | None:
         zero, core = core.b.value, core.a
     elif isinstance(core, tirx.Sub) and isinstance(core.b, tirx.IntImm):
         zero, core = -core.b.value, core.a
-    u = _rounded(core)
+    u = _rounded(core, steps)
     if u is None:
         return None
     i32 = lambda v: tirx.IntImm("int32", v)  # noqa: E731
@@ -134,7 +149,7 @@ def rewrite(func: tirx.PrimFunc) -> tirx.PrimFunc:
     the rule's exact form and runs in a vectorized loop of a multiple of 4 lanes (a scalar
     epilogue keeps the int64 form: AArch64 has no 32-bit scalar srshl)."""
     def on_cast(e):
-        new = _requantized(e)
+        new = requantized(e)
         return e if new is None else new
     rewritten = structural_map(func, [(tirx.Cast, on_cast)])
     if rewritten.same_as(func):

@@ -1,0 +1,65 @@
+"""The x86 requantization in int32 lanes (compiler/schedules/int8_requant_x86.py): the
+same integers as the one reference (quant.fixedpoint.requantize), including the extremes
+of the accumulator, the multiplier and both shifts, and a high multiply of vpmuldq."""
+
+import numpy as np
+import tvm
+import tvm.s_tir as s_tir
+from tvm import te
+
+from edge_mnv1.compiler.schedules import int8_requant_x86
+from edge_mnv1.quant.fixedpoint import INT32_MAX, INT32_MIN, requantize, split_shift
+
+LANES = 64
+ZERO, LO, HI = 7, 0, 255
+
+
+def _epilogue() -> tvm.tirx.PrimFunc:
+    """integer.py's int64 rule after an int32 bias add, vectorized over 16 lanes."""
+    tirx = tvm.tirx
+    i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
+    acc, bias, m, left, right = (te.placeholder((LANES,), "int32", name=n)
+                                 for n in ("acc", "bias", "m", "left", "right"))
+
+    total = te.compute((LANES,), lambda i: acc[i] + bias[i], name="total")
+
+    def rule(i):
+        wide = lambda e: tirx.Cast("int64", e)  # noqa: E731
+        a = tirx.max(tirx.min(wide(total[i]) << wide(left[i]), i64(INT32_MAX)),
+                     i64(INT32_MIN))
+        t = (a * wide(m[i]) + i64(1 << 30)) >> i64(31)
+        u = (((t << i64(1)) >> wide(right[i])) + i64(1)) >> i64(1)
+        return tirx.Cast("uint8", tirx.max(tirx.min(u + i64(ZERO), i64(HI)), i64(LO)))
+    y = te.compute((LANES,), rule, name="y")
+    sch = s_tir.Schedule(te.create_prim_func([acc, bias, m, left, right, y]))
+    sch.compute_inline(sch.get_sblock("total"))
+    _, lane = sch.split(sch.get_loops(sch.get_sblock("y"))[0], [None, 16])
+    sch.vectorize(lane)
+    return sch.mod["main"]
+
+
+def test_x86_requantization_is_int32_and_bit_exact():
+    func = int8_requant_x86.rewrite(_epilogue())
+    assert "int64" in func.script() and "uint32" in func.script()   # only the product wide
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
+                                "mcpu": "znver4"})
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    asm = ex.mod.inspect_source("asm")
+    assert "vpmuldq" in asm and "vpmullq" not in asm
+    rng = np.random.default_rng(0)
+    shift = rng.integers(1, 63, LANES)
+    shift[:4] = (1, 30, 31, 62)                               # both shifts at their ends
+    left, right = (s.astype(np.int32) for s in split_shift(shift))
+    m = rng.integers(1 << 30, 1 << 31, LANES, dtype=np.int64).astype(np.int32)
+    m[:2] = ((1 << 30), INT32_MAX)
+    acc = rng.integers(-(1 << 26), 1 << 26, LANES, dtype=np.int64)
+    acc[4:8] = (INT32_MAX, INT32_MIN, 1 << 30, -(1 << 30) - 1)  # saturating left shifts
+    acc = acc.astype(np.int32)
+    bias = rng.integers(-(1 << 20), 1 << 20, LANES, dtype=np.int64).astype(np.int32)
+    bias[4:8] = 0
+    out = tvm.runtime.tensor(np.zeros(LANES, np.uint8))
+    host = tvm.compile(tvm.IRModule({"main": func}),
+                       target=tvm.target.Target({"kind": "llvm"}))
+    host["main"](*(tvm.runtime.tensor(v) for v in (acc, bias, m, left, right)), out)
+    want = requantize(acc.astype(np.int64) + bias, m, shift, ZERO, LO, HI)
+    np.testing.assert_array_equal(out.numpy(), want)
