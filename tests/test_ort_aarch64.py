@@ -35,6 +35,10 @@ def test_count_is_positive_repeatable_and_grows_with_the_model(tiny, tmp_path_fa
     larger = ort_aarch64.count_onnxruntime(_model(tmp_path_factory, 64), (1, 3, 64, 64),
                                            cache=False)
     assert larger["instructions_per_inference"] > 2 * n
+    # The board's CPU is emulated as the target file names it (rpi5: a Cortex-A76).
+    a76 = ort_aarch64.count_onnxruntime(tiny, (1, 3, 32, 32), cache=False, cpu="cortex-a76")
+    assert a76["cpu"] == "cortex-a76" and "-cpu cortex-a76" in a76["note"]
+    assert 200_000 < a76["instructions_per_inference"] < 20 * 834_688
 
 
 def test_missing_root_names_the_setup_script(tiny, tmp_path):

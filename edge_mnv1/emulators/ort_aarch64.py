@@ -36,10 +36,13 @@ ORT_VERSION = "1.32.0"
 ENGINE = f"onnxruntime {ORT_VERSION} aarch64"
 RUNNER = Path(__file__).resolve().parent / "ort_aarch64_run.py"
 SETUP = "scripts/setup_ort_aarch64.sh"
-QEMU = ["qemu-aarch64", "-cpu", "cortex-a72"]
+# The CPU QEMU emulates is the board's (the target file's emulator command): on a
+# Cortex-A76 the guest's hardware capabilities name the dot product and ONNX Runtime uses
+# its own sdot kernels, as it would on a Raspberry Pi 5.
+DEFAULT_CPU = "cortex-a72"
 NOTE = ("ONNX Runtime {v}'s aarch64 wheel in Debian's arm64 Python 3.11, counted under "
-        "qemu-aarch64 -cpu cortex-a72 with a TCG plugin, one intra-op thread, "
-        "ORT_ENABLE_ALL, by difference of 2 and 1 inferences").format(v=ORT_VERSION)
+        "qemu-aarch64 -cpu {cpu} with a TCG plugin, one intra-op thread, "
+        "ORT_ENABLE_ALL, by difference of 2 and 1 inferences")
 # What makes a count repeatable: numpy's OpenBLAS starts a pool of spinning threads unless
 # told one; Python's string hashes are seeded at random; with telemetry on, ONNX Runtime
 # keeps a database under $HOME whose state can differ between a first run and the next.
@@ -110,14 +113,15 @@ def check_root(root: Path) -> Path:
     return python
 
 
-def _cache_key(onnx_path: Path, shape: tuple, dtype: str, seed: int, root: Path) -> str:
+def _cache_key(onnx_path: Path, shape: tuple, dtype: str, seed: int, root: Path,
+               cpu: str) -> str:
     h = hashlib.sha256()
     with open(onnx_path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     # The runner, the CPU description and the installed versions change what is counted.
     h.update(RUNNER.read_bytes())
-    h.update(json.dumps([_cpu_files(), list(shape), dtype, seed, ENGINE]).encode())
+    h.update(json.dumps([_cpu_files(), list(shape), dtype, seed, ENGINE, cpu]).encode())
     h.update((root / ".stamp").read_bytes())
     return h.hexdigest()
 
@@ -126,12 +130,13 @@ def _cache_file(key: str) -> Path:
     return icount.cache_dir().parent / "ort-aarch64" / f"{key}.json"
 
 
-def _count(python: Path, root: Path, args: list[str], home: Path, timeout: float | None) -> int:
+def _count(python: Path, root: Path, args: list[str], home: Path, timeout: float | None,
+           cpu: str) -> int:
     home.mkdir()
     # -B: the root's byte code was compiled by the setup script and must stay as it is.
     argv = [str(python), "-B", "-s", str(RUNNER), *args]
     try:
-        return icount.count(argv, qemu=[*QEMU, "-L", str(root)],
+        return icount.count(argv, qemu=["qemu-aarch64", "-cpu", cpu, "-L", str(root)],
                             env={**GUEST_ENV, "HOME": str(home)}, timeout=timeout)
     except DeviceError as e:
         raise ToolError(f"ONNX Runtime for aarch64 failed under qemu-aarch64: {e}") from None
@@ -139,10 +144,10 @@ def _count(python: Path, root: Path, args: list[str], home: Path, timeout: float
 
 def count_onnxruntime(onnx_path: str | Path, input_shape, dtype: str = "float32", *,
                       seed: int = 0, root: str | Path | None = None, cache: bool = True,
-                      timeout: float | None = None) -> dict:
+                      timeout: float | None = None, cpu: str = DEFAULT_CPU) -> dict:
     """Instructions ONNX Runtime's aarch64 build executes for one inference of `onnx_path` on
-    a seeded random input of `input_shape` and `dtype`, on one thread of an emulated
-    Cortex-A72: {"instructions_per_inference", "runs" (the two counts), "engine", "note"}."""
+    a seeded random input of `input_shape` and `dtype`, on one thread of an emulated `cpu`
+    (QEMU's name): {"instructions_per_inference", "runs" (the two counts), "engine", "note"}."""
     onnx_path = Path(onnx_path).resolve()
     if not onnx_path.is_file():
         raise UsageError(f"{onnx_path}: no such ONNX file")
@@ -150,7 +155,7 @@ def count_onnxruntime(onnx_path: str | Path, input_shape, dtype: str = "float32"
     dtype = np.dtype(dtype).name
     root = Path(root or default_root()).resolve()
     python = check_root(root)
-    key = _cache_key(onnx_path, shape, dtype, seed, root)
+    key = _cache_key(onnx_path, shape, dtype, seed, root, cpu)
     cached = _cache_file(key)
     if cache and cached.is_file():
         return json.loads(cached.read_text())
@@ -161,14 +166,14 @@ def count_onnxruntime(onnx_path: str | Path, input_shape, dtype: str = "float32"
         # Each run gets an empty HOME of the same length, so their start-ups are equal.
         with ThreadPoolExecutor(2) as ex:
             one, two = ex.map(lambda n: _count(python, root, [*args, str(n)],
-                                               Path(tmp) / f"home{n}", timeout), (1, 2))
+                                               Path(tmp) / f"home{n}", timeout, cpu), (1, 2))
     if two <= one:
         raise ToolError(f"{onnx_path}: ONNX Runtime counted {two} instructions for two "
                         f"inferences and {one} for one; the runs did not differ by an inference")
     out = {"instructions_per_inference": two - one,
            "runs": [{"inferences": 1, "instructions": one},
                     {"inferences": 2, "instructions": two}],
-           "engine": ENGINE, "note": NOTE}
+           "engine": ENGINE, "cpu": cpu, "note": NOTE.format(v=ORT_VERSION, cpu=cpu)}
     if cache:
         cached.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
