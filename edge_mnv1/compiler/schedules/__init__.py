@@ -29,12 +29,14 @@ class Scheduled(NamedTuple):
     prepacked: bool     # asks for its weights in panels (lowering.prepack_weights)
 
 
-def apply(func: tirx.PrimFunc, unit: VectorUnit) -> Scheduled | None:
-    """The scheduled kernel, or None for a kernel of no known class."""
+def apply(func: tirx.PrimFunc, unit: VectorUnit,
+          new_schedule=s_tir.Schedule) -> Scheduled | None:
+    """The scheduled kernel, or None for a kernel of no known class. (`new_schedule`: the
+    tuner's seeds pass a traced schedule of their own, compiler/tuning/seed.py.)"""
     dot = int8_kernels.apply(func, unit)    # integer pointwise on a dot-product instruction
     if dot is not None:
         return Scheduled(dot, "pointwise-int8", True)
-    sch = s_tir.Schedule(func)
+    sch = new_schedule(func)
     inline_all(sch)
     anatomy = analyse(sch, func)
     unit = int8_kernels.unit_for(sch, anatomy, unit) if anatomy is not None else None

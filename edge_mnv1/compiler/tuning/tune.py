@@ -36,6 +36,7 @@ from edge_mnv1.artifact.target import Target
 from edge_mnv1.compiler import cpu_intrinsics, frontend, lowering
 from edge_mnv1.onnxio.model_file import load_onnx, model_metadata
 from edge_mnv1.compiler.tuning import records
+from edge_mnv1.compiler.tuning import seed as seeding
 from edge_mnv1.compiler.tvm_target import resolve
 
 
@@ -273,9 +274,17 @@ class _Session:
         ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir=str(rec_dir / "logs"), space="post-order-apply",
             strategy="evolutionary", num_threads=self.threads, seed=seed)
+        # The default schedules first, measured like any candidate: the search starts from
+        # them and compile keeps them where nothing beats them (seed.py). They count as trials.
+        seeded = seeding.measure_and_commit(seeding.plan(tasks, self.resolved.tvm_target, db),
+                                            builder, runner, db, self.resolved.tvm_target)
+        trials -= len(seeded)
         progress = None
-        with tqdm(total=trials, desc="tune", unit="trial", file=sys.stderr) as bar:
-            progress = Progress(bar, [float(w) for w in weights], deadline, {}, status)
+        with tqdm(total=max(trials, 0), desc="tune", unit="trial", file=sys.stderr) as bar:
+            progress = Progress(bar, [float(w) for w in weights], deadline, seeded, status)
+            progress.write_status("trials")
+            if trials <= 0:
+                return
             callbacks = ms.measure_callback.MeasureCallback.create("default") + [progress]
             try:
                 ms.tune.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(rec_dir / "logs"),
