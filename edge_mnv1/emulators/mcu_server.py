@@ -113,7 +113,9 @@ class BoardServer:
 
         def on_signal(*_):
             stop["now"] = True
-        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        # SIGINT as well: an inherited SIG_IGN (a script's background job) would outlive Ctrl-C.
+        old = {sig: signal.signal(sig, on_signal)
+               for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             while not stop["now"]:
                 if self.board is not None and not self.board.alive:

@@ -32,7 +32,9 @@ def add_arguments(p):
 def _serve_until_interrupted(server) -> None:
     def stop(signum, _frame):
         raise KeyboardInterrupt
-    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: started from a script's background job it arrives ignored, and Python
+    # keeps an inherited SIG_IGN, so Ctrl-C (or a test's SIGINT) would never stop it.
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         while server.proc is not None and server.proc.poll() is None:
             time.sleep(0.5)
