@@ -44,6 +44,13 @@ from edge_mnv1.compiler.tvm_target import resolve
 # candidates as for 16 (~20 s a round for a 1.0/224 conv on 2 cores, far more than
 # measuring them), so 32 nearly doubles the trials that fit in a time budget.
 TRIALS_PER_ITER = 32
+# The evolutionary search breeds and scores its whole population in C++ every round before a
+# candidate is measured (512 by default: seconds per task and round). A round measures at most
+# TRIALS_PER_ITER candidates of a task, and fewer when the run owes fewer: the population is
+# kept POPULATION_PER_CANDIDATE times what the round may measure (a run owing a few trials per
+# task spent 20 s of a 25 s tune of one conv breeding 512).
+POPULATION_PER_CANDIDATE = 16
+MIN_POPULATION, MAX_POPULATION = 64, 512
 
 
 class TuningTimeUp(Exception):
@@ -273,7 +280,7 @@ class _Session:
         db = records.open_database(rec_dir)
         ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir=str(rec_dir / "logs"), space="post-order-apply",
-            strategy="evolutionary", num_threads=self.threads, seed=seed)
+            strategy=search_strategy(trials, len(tasks)), num_threads=self.threads, seed=seed)
         # The default schedules first, measured like any candidate: the search starts from
         # them and compile keeps them where nothing beats them (seed.py). They count as trials.
         seeded = seeding.measure_and_commit(seeding.plan(tasks, self.resolved.tvm_target, db),
@@ -307,6 +314,13 @@ class _Session:
         pool = getattr(self.runner, "pool", None)
         if pool is not None:
             pool.shutdown(wait=False)
+
+
+def search_strategy(trials: int, tasks: int) -> ms.search_strategy.EvolutionarySearch:
+    """MetaSchedule's evolutionary search, its population sized by what a round may measure."""
+    per_round = min(TRIALS_PER_ITER, max(1, trials // max(1, tasks)))
+    population = min(MAX_POPULATION, max(MIN_POPULATION, POPULATION_PER_CANDIDATE * per_round))
+    return ms.search_strategy.EvolutionarySearch(population_size=population)
 
 
 def _die_with_parent() -> None:
