@@ -30,7 +30,7 @@ from compiled import CLI, REPO, cli, cli_json
 
 pytestmark = pytest.mark.slow
 
-TUNE_KILLS = int(os.environ.get("EDGE_MNV1_TUNE_KILLS", "6"))  # more: set the variable
+TUNE_KILLS = int(os.environ.get("EDGE_MNV1_TUNE_KILLS", "4"))  # more: set the variable
 DEPLOY_KILLS = int(os.environ.get("EDGE_MNV1_DEPLOY_KILLS", "12"))
 PARITY_KILLS = 4
 

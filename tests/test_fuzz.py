@@ -135,9 +135,9 @@ def test_regressions_against_the_sanitized_linux_program(sanitized_program, tmp_
 
 
 @pytest.mark.slow
-def test_a_minute_of_fuzzing_finds_no_crash(fuzz_work):
-    r = cli_json("fuzz", "--seconds", 60, "--work", fuzz_work)
+def test_half_a_minute_of_fuzzing_finds_no_crash(fuzz_work):
+    r = cli_json("fuzz", "--seconds", 30, "--work", fuzz_work)
     assert r["passed"] and r["exit_code"] == 0 and r["crashes"] == [], r.get("text")
     # A meaningful run even on a busy 2-core machine (~5,000-17,000 executions a second here).
-    assert r["executions"] >= 50_000, r
+    assert r["executions"] >= 25_000, r
     assert r["cov"] > 0 and r["ft"] > 0 and r["corpus"] >= len(SEED_REPLIES)
