@@ -41,6 +41,16 @@ def test_count_is_positive_repeatable_and_grows_with_the_model(tiny, tmp_path_fa
     assert 200_000 < a76["instructions_per_inference"] < 20 * 834_688
 
 
+def test_the_emulated_cpu_is_the_one_the_target_file_names():
+    from edge_mnv1.artifact.target import load_target
+
+    def cpu(name):
+        return ort_aarch64.cpu_of((load_target(name).emulator or {}).get("command"))
+
+    assert (cpu("rpi4"), cpu("rpi5")) == ("cortex-a72", "cortex-a76")
+    assert ort_aarch64.cpu_of([]) == ort_aarch64.DEFAULT_CPU
+
+
 def test_missing_root_names_the_setup_script(tiny, tmp_path):
     with pytest.raises(ToolError, match="run scripts/setup_ort_aarch64.sh") as e:
         ort_aarch64.count_onnxruntime(tiny, (1, 3, 32, 32), root=tmp_path / "none")

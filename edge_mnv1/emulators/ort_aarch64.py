@@ -49,6 +49,12 @@ NOTE = ("ONNX Runtime {v}'s aarch64 wheel in Debian's arm64 Python 3.11, counted
 GUEST_ENV = {"OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "ORT_DISABLE_TELEMETRY": "1"}
 
 
+def cpu_of(qemu_command: list[str]) -> str:
+    """The CPU a target's qemu-aarch64 command emulates (its `-cpu`), else DEFAULT_CPU."""
+    command = list(qemu_command or [])
+    return command[command.index("-cpu") + 1] if "-cpu" in command[:-1] else DEFAULT_CPU
+
+
 def default_root() -> Path:
     """Where the setup script puts the arm64 Python: inside the venv running this code."""
     return Path(sys.prefix) / "aarch64-root"

@@ -83,11 +83,10 @@ def onnxruntime_counts(art: Artifact, ours: int) -> dict:
     """ONNX Runtime 1.32's aarch64 wheel on the artifact's model, one thread, under the same
     qemu-aarch64 and plugin; the ratio is ours / ONNX Runtime's. A missing aarch64 root is
     reported, not fatal: the project's own count stands alone."""
-    from edge_mnv1.emulators.ort_aarch64 import DEFAULT_CPU, count_onnxruntime
+    from edge_mnv1.emulators.ort_aarch64 import count_onnxruntime, cpu_of
 
     log.info("counting ONNX Runtime's aarch64 build on the same model (qemu, TCG plugin)")
-    qemu = (art.target.emulator or {}).get("command") or []
-    cpu = qemu[qemu.index("-cpu") + 1] if "-cpu" in qemu[:-1] else DEFAULT_CPU
+    cpu = cpu_of((art.target.emulator or {}).get("command"))
     try:
         c = count_onnxruntime(art.onnx, art.manifest.input.shape, "float32", cpu=cpu)
     except EdgeError as e:
