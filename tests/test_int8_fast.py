@@ -147,6 +147,17 @@ def test_x86_pointwise_kernels_use_the_cpu_dot_product(int8_model, tmp_path, kin
     else:
         assert "vpdpbusd" not in asm and "zmm" not in asm
         assert asm.count("vpmaddwd") >= 9
+    # The depthwise 3x3 kernels (calls 1, 3, ..., 25) of 32 channels or more with a
+    # multiplier < 1 multiply raw bytes by masked weights (int8_depthwise_x86): vpdpbusd,
+    # or vpmaddubsw without VNNI; the generic kernel widened every byte to int32 first.
+    depthwise = {k["kernel"] for k in manifest["kernels"][1:26:2]}
+    op = "vpdpbusd" if kind == "vnni" else "vpmaddubsw"
+    assert len([f for f in _functions_with(asm, op) if f.startswith(tuple(depthwise))]) >= 6
+    # The first conv's 3 input channels padded to 4 (int8_first_conv_x86): a ymm vpdpbusd
+    # per tap for its 8 output channels (the generic kernel: vpmaddwd on widened bytes,
+    # which LLVM also picks for the AVX2 kernel, so only VNNI tells them apart).
+    first = manifest["kernels"][0]["kernel"]
+    assert kind == "avx2" or any(f.startswith(first) for f in _functions_with(asm, "vpdpbusd"))
 
 
 def test_host_int8_is_bit_exact_on_all_digits(int8_model, tmp_path):
@@ -204,7 +215,7 @@ def _functions_with(asm: str, op: str) -> dict[str, int]:
     for line in asm.splitlines():
         if line.endswith(">:"):
             name = line.split("<", 1)[1][:-2]
-        elif f"\t{op}\t" in line:
+        elif f"\t{op}\t" in line or f"\t{op} " in line:     # aarch64 or x86 objdump
             counts[name] = counts.get(name, 0) + 1
     return counts
 

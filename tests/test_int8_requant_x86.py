@@ -3,6 +3,7 @@ same integers as the one reference (quant.fixedpoint.requantize), including the 
 of the accumulator, the multiplier and both shifts, and a high multiply of vpmuldq."""
 
 import numpy as np
+import pytest
 import tvm
 import tvm.s_tir as s_tir
 from tvm import te
@@ -63,3 +64,47 @@ def test_x86_requantization_is_int32_and_bit_exact():
     host["main"](*(tvm.runtime.tensor(v) for v in (acc, bias, m, left, right)), out)
     want = requantize(acc.astype(np.int64) + bias, m, shift, ZERO, LO, HI)
     np.testing.assert_array_equal(out.numpy(), want)
+
+
+@pytest.mark.parametrize("kind", ["vnni", "avx2"])
+def test_depthwise_requantization_and_narrowing_are_the_rule(kind):
+    """The depthwise kernels' own epilogue (int8_depthwise_x86: even/odd vpmuldq, the
+    rounding shift without overflow, the packs' clamp and order) at the extremes: the
+    accumulator k's lane j is channel 4j + k of the stored bytes."""
+    from edge_mnv1.compiler.schedules.int8_depthwise_x86 import _Vec
+    from edge_mnv1.compiler.tvm_target import host_features
+    need = {"vnni": ["avx512vnni", "avx512vl"], "avx2": ["avx2"]}[kind]
+    if not all(f in host_features() for f in need):
+        pytest.skip(f"this CPU cannot run the {kind} kernels")
+    tirx = tvm.tirx
+    lanes = 16 if kind == "vnni" else 8
+    vec = _Vec(lanes, kind)
+    names = ("acc", "m", "m_odd", "shift", "bit")
+    bufs = [tirx.decl_buffer((4, lanes), "int32", n) for n in names]
+    out = tirx.decl_buffer((4 * lanes,), "uint8", "out")
+    ramp = tirx.Ramp(tirx.IntImm("int32", 0), tirx.IntImm("int32", 1), lanes)
+    at = lambda b, k: tirx.BufferLoad(b, [tirx.IntImm("int32", k), ramp])  # noqa: E731
+    acc, m, m_odd, shift, bit = bufs
+    values = [vec.rounded(vec.high(at(acc, k), at(m, k), at(m_odd, k)), at(shift, k),
+                          at(bit, k)) for k in range(4)]
+    func = tirx.PrimFunc([*bufs, out], out.vstore([tirx.IntImm("int32", 0)],
+                                                  vec.narrowed(values)))
+    ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                     target=tvm.target.Target({"kind": "llvm", "mcpu": "znver4"
+                                               if kind == "vnni" else "haswell"}))
+    rng = np.random.default_rng(1)
+    n = 4 * lanes
+    a = rng.integers(-(1 << 24), 1 << 24, n, dtype=np.int64)
+    a[:6] = (INT32_MAX, INT32_MIN, 1 << 30, -(1 << 30), 255 * 128 * 9, -255 * 128 * 9)
+    mult = rng.integers(1 << 30, 1 << 31, n, dtype=np.int64)
+    mult[:3] = (1 << 30, INT32_MAX, INT32_MAX)
+    right = rng.integers(0, 32, n)
+    right[:8] = (0, 31, 0, 1, 0, 31, 1, 30)
+    grid = lambda v: v.reshape(lanes, 4).T.astype(np.int32)  # noqa: E731  (channel 4j + k)
+    odd = grid(mult)[:, np.arange(lanes) | 1]           # the odd lanes' multipliers
+    args = [grid(a), grid(mult), odd, grid(np.maximum(right - 1, 0)),
+            grid(np.minimum(right, 1))]
+    got = tvm.runtime.tensor(np.zeros(n, np.uint8))
+    ex["main"](*(tvm.runtime.tensor(np.ascontiguousarray(v)) for v in args), got)
+    want = requantize(a, mult, right + 31, 0, 0, 255)
+    np.testing.assert_array_equal(got.numpy(), want)

@@ -142,10 +142,16 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target | None 
     return (prepack_weights(out) if packed else out), done
 
 
+def load_intrinsics(target: tvm.target.Target) -> None:
+    """A record's trace may tensorize with TVM's CPU intrinsics or the project's own, looked
+    up by name: both registered for the target's CPU family."""
+    cpu_intrinsics.load(str(target.attrs.get("mtriple", "")))
+    schedules.int8_kernels.register_intrinsics(vector_unit(target))
+
+
 def apply_database(mod: tvm.IRModule, target: tvm.target.Target, database) -> tuple[tvm.IRModule, list[str]]:
     """Applies tuning records; returns the module and the kernels that a record covered."""
-    # A record's trace may tensorize with TVM's CPU intrinsics, looked up by name.
-    cpu_intrinsics.load(str(target.attrs.get("mtriple", "")))
+    load_intrinsics(target)
     with target, database:
         tuned = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
     applied = [name for name, f in kernels(tuned).items() if is_scheduled(f)]

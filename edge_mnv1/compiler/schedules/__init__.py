@@ -33,9 +33,9 @@ def apply(func: tirx.PrimFunc, unit: VectorUnit,
           new_schedule=s_tir.Schedule) -> Scheduled | None:
     """The scheduled kernel, or None for a kernel of no known class. (`new_schedule`: the
     tuner's seeds pass a traced schedule of their own, compiler/tuning/seed.py.)"""
-    dot = int8_kernels.apply(func, unit)    # integer pointwise on a dot-product instruction
-    if dot is not None:
-        return Scheduled(dot, "pointwise-int8", True)
+    made = int8_kernels.apply(func, unit)   # an integer kernel on the CPU's own instructions
+    if made is not None:
+        return Scheduled(made[0], f"{made[1]}-int8", True)
     sch = new_schedule(func)
     inline_all(sch)
     anatomy = analyse(sch, func)

@@ -32,13 +32,16 @@ class Anatomy:
     weight_dims: list[int | None]   # iterator indexing each weight dimension (None: constant)
 
 
-def inline_all(sch: s_tir.Schedule) -> None:
-    """Inline every producer (padding) and consumer (bias, ReLU) that can be."""
+def inline_all(sch: s_tir.Schedule, keep: frozenset[str] = frozenset()) -> None:
+    """Inline every producer (padding) and consumer (bias, ReLU) that can be, except the
+    blocks named in `keep`."""
     root = sch.get_sblock("root")
     changed = True
     while changed:
         changed = False
         for block in sch.get_child_blocks(root):
+            if sch.get(block).name_hint in keep:
+                continue
             for inline in (sch.compute_inline, sch.reverse_compute_inline):
                 try:
                     inline(block)

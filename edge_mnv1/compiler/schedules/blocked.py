@@ -77,10 +77,10 @@ def _weight_dim(a: Anatomy) -> int | None:
     return None if dim == len(a.weight_dims) - 1 else dim
 
 
-def vectorize_tail(sch: s_tir.Schedule, block, lanes: int) -> None:
-    """The loops of `block` below the fused outer one: one loop, split into vectors of
+def vectorize_tail(sch: s_tir.Schedule, block, lanes: int, outer: int = 1) -> None:
+    """The loops of `block` below the `outer` outer ones: one loop, split into vectors of
     `lanes` (vectorized) and the rest (unrolled)."""
-    loops = sch.get_loops(block)[1:]
+    loops = sch.get_loops(block)[outer:]
     if not loops:
         return
     tail = sch.fuse(*loops) if len(loops) > 1 else loops[0]

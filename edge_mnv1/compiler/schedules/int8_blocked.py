@@ -65,12 +65,20 @@ def fit(sch: s_tir.Schedule, a: Anatomy, dots: list[Int8Dot]) -> Int8Dot | None:
     depth = [i for i in a.reduce if a.extents[i] > 1]
     if dtypes not in (["int8", "int8"], ["int8", "uint8"]) or len(depth) != 1:
         return None
-    signed = dtypes == ["int8", "int8"]
+    return shape(dots, a.extents[a.row], a.extents[a.channel], a.extents[depth[0]],
+                 signed=dtypes == ["int8", "int8"])
+
+
+def shape(dots: list[Int8Dot], row: int, channels: int, depth: int,
+          signed: bool) -> Int8Dot | None:
+    """The cheapest of `dots` for a kernel of `row` pixels per output row, `channels`
+    output channels and `depth` input channels per window position, its tile shrunk to
+    divide them; None if no instruction divides the channels."""
     # Pixels along the output's row (fusing rows and columns defeats tensorize's blockize).
-    shaped = [replace(d, rows=_divisor(a.extents[a.row], d.rows),
-                      vectors=_divisor(a.extents[a.channel] // d.lanes, d.vectors))
-              for d in dots if d.signed == signed and not a.extents[depth[0]] % d.depth
-              and not a.extents[a.channel] % d.lanes]
+    shaped = [replace(d, rows=_divisor(row, d.rows),
+                      vectors=_divisor(channels // d.lanes, d.vectors))
+              for d in dots if d.signed == signed and not depth % d.depth
+              and not channels % d.lanes]
     # A tile of STACK_BYTES or more is a workspace allocation per tile (tiling.STACK_BYTES):
     # take it only when no smaller one fits.
     small = [d for d in shaped if d.rows * d.vectors * d.lanes * ACC_BYTES < STACK_BYTES]

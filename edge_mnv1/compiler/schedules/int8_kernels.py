@@ -15,6 +15,8 @@ from edge_mnv1 import log
 from edge_mnv1.compiler.schedules import (int8_blocked, int8_neon, int8_neon_s8,
                                           int8_neon_sdot, int8_requant_neon,
                                           int8_requant_x86, int8_x86, prepack)
+from edge_mnv1.compiler.schedules import int8_depthwise_x86
+from edge_mnv1.compiler.schedules import int8_first_conv_x86
 from edge_mnv1.compiler.schedules.anatomy import analyse, inline_all
 from edge_mnv1.compiler.tvm_target import VectorUnit
 
@@ -24,7 +26,29 @@ def dots_for(unit: VectorUnit) -> list[int8_blocked.Int8Dot]:
             + int8_neon_s8.dots_for(unit.int8) + int8_neon_sdot.dots_for(unit.int8))
 
 
-def apply(func: tirx.PrimFunc, unit: VectorUnit) -> tirx.PrimFunc | None:
+def register_intrinsics(unit: VectorUnit) -> None:
+    """Registers the project's tensor intrinsics of the unit's integer kind, on first use:
+    before a default schedule or a tuning record's trace names them (int8_intrin)."""
+    for module in (int8_x86, int8_neon, int8_neon_s8, int8_neon_sdot):
+        if module.dots_for(unit.int8):
+            module.register()
+
+
+def apply(func: tirx.PrimFunc, unit: VectorUnit) -> tuple[tirx.PrimFunc, str] | None:
+    """(the scheduled kernel, its class) for an integer kernel with a kernel of its own on
+    this target's instructions, else None."""
+    register_intrinsics(unit)
+    made = int8_depthwise_x86.apply(func, unit)    # x86 depthwise 3x3: a kernel of its own
+    if made is not None:
+        return made, "depthwise"
+    first = int8_first_conv_x86.apply(func, unit)  # x86 3-channel conv: channels padded to 4
+    if first is not None:
+        return finish_integer(first, unit), "conv"
+    pointwise = _pointwise(func, unit)
+    return (pointwise, "pointwise") if pointwise is not None else None
+
+
+def _pointwise(func: tirx.PrimFunc, unit: VectorUnit) -> tirx.PrimFunc | None:
     dots = dots_for(unit)
     if not dots:
         return None

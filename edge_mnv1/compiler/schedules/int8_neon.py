@@ -15,47 +15,13 @@ replaces the byte kernel; this one still takes the uint8 inputs.
 
 from __future__ import annotations
 
-import tvm.s_tir as s_tir
 import tvm.tirx as tirx
-from tvm.s_tir import TensorIntrin
-from tvm.script import tirx as T
 
-from edge_mnv1.compiler.schedules.int8_blocked import ACC_SCOPE, Int8Dot
+from edge_mnv1.compiler.schedules.int8_blocked import Int8Dot
+from edge_mnv1.compiler.schedules.int8_intrin import dot_desc, implementation, registrar
 
 NEON_DOT_16x8_INTRIN = "edge_mnv1_dot_16x8_u8i8i32_neon_smlal"
 NEON_DOT_8x8_INTRIN = "edge_mnv1_dot_8x8_u8i8i32_neon_smlal"
-
-
-@T.prim_func(s_tir=True)
-def _dot_16x8_desc(
-    A: T.Buffer((8,), "uint8", offset_factor=1),
-    B: T.Buffer((8, 16), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope=ACC_SCOPE),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:8], B[0:8, 0:16])
-        T.writes(C[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 8):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vk, vi], "int32")
-
-
-@T.prim_func(s_tir=True)
-def _dot_8x8_desc(
-    A: T.Buffer((8,), "uint8", offset_factor=1),
-    B: T.Buffer((8, 8), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope=ACC_SCOPE),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:8], B[0:8, 0:8])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 8):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vk, vi], "int32")
 
 
 def _smlal(desc: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
@@ -74,15 +40,15 @@ def _smlal(desc: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
     return implementation(desc, tirx.SeqStmt(stores))
 
 
-def implementation(desc: tirx.PrimFunc, stmt: tirx.Stmt) -> tirx.PrimFunc:
-    """A tensor intrinsic's implementation: `desc` with `stmt` as its root block's body."""
-    root = desc.body.block
-    body = s_tir.SBlock([], root.reads, root.writes, root.name_hint, stmt)
-    return desc.with_body(s_tir.SBlockRealize([], True, body))
+def _intrinsics() -> dict:
+    made = {}
+    for name, lanes in ((NEON_DOT_16x8_INTRIN, 16), (NEON_DOT_8x8_INTRIN, 8)):
+        desc = dot_desc(lanes, 8, k_major=True)
+        made[name] = (desc, _smlal(desc, lanes))
+    return made
 
 
-TensorIntrin.register(NEON_DOT_16x8_INTRIN, _dot_16x8_desc, _smlal(_dot_16x8_desc, 16))
-TensorIntrin.register(NEON_DOT_8x8_INTRIN, _dot_8x8_desc, _smlal(_dot_8x8_desc, 8))
+register = registrar(_intrinsics)
 
 
 def dots_for(int8: str) -> list[Int8Dot]:

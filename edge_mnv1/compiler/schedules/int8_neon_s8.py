@@ -20,33 +20,34 @@ from __future__ import annotations
 
 import tvm.s_tir as s_tir
 import tvm.tirx as tirx
-from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 from edge_mnv1.compiler.schedules import blocked, int8_blocked
 from edge_mnv1.compiler.schedules.anatomy import Anatomy
 from edge_mnv1.compiler.schedules.blocked import ACC_SCOPE
 from edge_mnv1.compiler.schedules.int8_blocked import Int8Dot
-from edge_mnv1.compiler.schedules.int8_neon import implementation
+from edge_mnv1.compiler.schedules.int8_intrin import implementation, llvm, registrar, store
 
 NEON_S8_DOT_INTRIN = "edge_mnv1_dot_4x16_s8s8i32_neon_smull_sadalp"
 PARTIALS = 4        # int32 partial sums per (pixel, channel): one q register
 
 
-@T.prim_func(s_tir=True)
-def _dot_s8_desc(
-    A: T.Buffer((16,), "int8", offset_factor=1),
-    B: T.Buffer((16,), "int8", offset_factor=1),
-    C: T.Buffer((4,), "int32", offset_factor=1, scope=ACC_SCOPE),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:16], B[0:16])
-        T.writes(C[0:4])
-        for j, h, e in T.grid(4, 2, 2):
-            with T.sblock("update"):
-                vj, vh, ve = T.axis.remap("SRR", [j, h, e])
-                C[vj] = C[vj] + T.cast(A[vh * 8 + vj * 2 + ve], "int32") * \
-                    T.cast(B[vh * 8 + vj * 2 + ve], "int32")
+def _dot_s8_desc() -> tirx.PrimFunc:
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((16,), "int8", offset_factor=1),
+        B: T.Buffer((16,), "int8", offset_factor=1),
+        C: T.Buffer((4,), "int32", offset_factor=1, scope=ACC_SCOPE),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:16], B[0:16])
+            T.writes(C[0:4])
+            for j, h, e in T.grid(4, 2, 2):
+                with T.sblock("update"):
+                    vj, vh, ve = T.axis.remap("SRR", [j, h, e])
+                    C[vj] = C[vj] + T.cast(A[vh * 8 + vj * 2 + ve], "int32") * \
+                        T.cast(B[vh * 8 + vj * 2 + ve], "int32")
+    return desc
 
 
 def _smull_sadalp(desc: tirx.PrimFunc) -> tirx.PrimFunc:
@@ -58,15 +59,11 @@ def _smull_sadalp(desc: tirx.PrimFunc) -> tirx.PrimFunc:
         return tirx.Shuffle([buf.vload([0], "int8x16")], list(range(h * 8, h * 8 + 8)))
 
     def smull(h):
-        return tirx.call_llvm_pure_intrin("int16x8", "llvm.aarch64.neon.smull",
-                                          half(a, h), half(b, h))
+        return llvm("int16x8", "llvm.aarch64.neon.smull", half(a, h), half(b, h))
     pairs = smull(0) + smull(1)             # LLVM: smull + smlal2 (wrapping int16 add)
-    total = c.vload([0], "int32x4") + tirx.call_llvm_pure_intrin(
+    total = c.vload([0], "int32x4") + llvm(
         "int32x4", "llvm.aarch64.neon.saddlp", pairs)   # add + saddlp -> sadalp
-    return implementation(desc, tirx.BufferStore(c, total, [tirx.Ramp(0, 1, 4)]))
-
-
-TensorIntrin.register(NEON_S8_DOT_INTRIN, _dot_s8_desc, _smull_sadalp(_dot_s8_desc))
+    return implementation(desc, store(c, total, 4))
 
 
 def _sum_desc(lanes: int) -> tirx.PrimFunc:
@@ -89,24 +86,28 @@ def _addp(desc: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
     p, c = desc.params
 
     def addp(x, y):
-        return tirx.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.addp", x, y)
+        return llvm("int32x4", "llvm.aarch64.neon.addp", x, y)
     rows = [p.vload([i, 0], "int32x4") for i in range(lanes)]
     pairs = [addp(rows[i], rows[i + 1]) for i in range(0, lanes, 2)]
     sums = addp(pairs[0], pairs[-1])
     if lanes == 2:
         sums = tirx.Shuffle([sums], [0, 1])
-    vec = f"int32x{lanes}"
-    return implementation(desc, tirx.BufferStore(c, c.vload([0], vec) + sums,
-                                                 [tirx.Ramp(0, 1, lanes)]))
+    return implementation(desc, store(c, c.vload([0], f"int32x{lanes}") + sums, lanes))
 
 
 def _sum_intrin(lanes: int) -> str:
     return f"edge_mnv1_sum_{lanes}x4_i32_neon_addp"
 
 
-for _lanes in (2, 4):
-    TensorIntrin.register(_sum_intrin(_lanes), _sum_desc(_lanes),
-                          _addp(_sum_desc(_lanes), _lanes))
+def _intrinsics() -> dict:
+    dot = _dot_s8_desc()
+    made = {NEON_S8_DOT_INTRIN: (dot, _smull_sadalp(dot))}
+    for lanes in (2, 4):
+        made[_sum_intrin(lanes)] = (_sum_desc(lanes), _addp(_sum_desc(lanes), lanes))
+    return made
+
+
+register = registrar(_intrinsics)
 
 
 def dots_for(int8: str) -> list[Int8Dot]:

@@ -20,50 +20,30 @@ int8_requant_neon's.
 
 from __future__ import annotations
 
-from tvm.s_tir import TensorIntrin
-from tvm.script import tirx as T
+import tvm.tirx as tirx
 
-from edge_mnv1.compiler.schedules.int8_blocked import ACC_SCOPE, Int8Dot
+from edge_mnv1.compiler.schedules.int8_blocked import Int8Dot
+from edge_mnv1.compiler.schedules.int8_intrin import (dot_desc, implementation, llvm,
+                                                      registrar, store, word_broadcast)
 
 NEON_SDOT_4x4_INTRIN = "edge_mnv1_dot_4x4_s8s8i32_neon_sdot"
 
 
-@T.prim_func(s_tir=True)
-def _dot_4x4_desc(
-    A: T.Buffer((4,), "int8", offset_factor=1),
-    B: T.Buffer((4, 4), "int8", offset_factor=1),
-    C: T.Buffer((4,), "int32", offset_factor=1, scope=ACC_SCOPE),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-        T.writes(C[0:4])
-        for i in T.serial(0, 4):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+def _sdot(desc: tirx.PrimFunc) -> tirx.PrimFunc:
+    """One expression (a name would be a "local" buffer): the pixel's 4 activations
+    repeated in the 4 lanes (ld1r), against the panel's 16 bytes."""
+    a, b, c = desc.params
+    return implementation(desc, store(c, llvm(
+        "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", c.vload([0], "int32x4"),
+        word_broadcast(a, 4), b.vload([0, 0], "int8x16")), 4))
 
 
-@T.prim_func(s_tir=True)
-def _sdot(
-    A: T.Buffer((4,), "int8", offset_factor=1),
-    B: T.Buffer((4, 4), "int8", offset_factor=1),
-    C: T.Buffer((4,), "int32", offset_factor=1, scope=ACC_SCOPE),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-        T.writes(C[0:4])
-        # One expression (a name would be a "local" buffer): the pixel's 4 activations as
-        # one int32, repeated in the 4 lanes (ld1r), against the panel's 16 bytes.
-        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-            C.vload([0], dtype="int32x4"),
-            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4),
-                          dtype="int8x16"),
-            B.vload([0, 0], dtype="int8x16"), dtype="int32x4")
+def _intrinsics() -> dict:
+    desc = dot_desc(4, 4, a_dtype="int8")
+    return {NEON_SDOT_4x4_INTRIN: (desc, _sdot(desc))}
 
 
-TensorIntrin.register(NEON_SDOT_4x4_INTRIN, _dot_4x4_desc, _sdot)
+register = registrar(_intrinsics)
 
 
 def dots_for(int8: str) -> list[Int8Dot]:

@@ -12,86 +12,51 @@
 
 from __future__ import annotations
 
-from tvm.s_tir import TensorIntrin
-from tvm.script import tirx as T
+import tvm.tirx as tirx
 
-from edge_mnv1.compiler.schedules.int8_blocked import ACC_SCOPE, Int8Dot
+from edge_mnv1.compiler.schedules.int8_blocked import Int8Dot
+from edge_mnv1.compiler.schedules.int8_intrin import (dot_desc, implementation, llvm,
+                                                      registrar, store, word_broadcast)
 
 # TVM's own `dot_16x4_vnni` reads and writes its accumulators in memory; these use the
 # micro-kernel's accumulators (int8_blocked.ACC_SCOPE), which LLVM keeps in registers.
 VNNI_DOT_16x4_INTRIN = "edge_mnv1_dot_16x4_u8i8i32_vnni"
+VNNI_DOT_8x4_INTRIN = "edge_mnv1_dot_8x4_u8i8i32_vnni256"     # AVX512-VL, on a ymm
 AVX2_DOT_8x2_INTRIN = "edge_mnv1_dot_8x2_u8i8i32_avx2"
 
 
-@T.prim_func(s_tir=True)
-def _dot_16x4_desc(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope=ACC_SCOPE),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+def _vnni(desc: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
+    """One vpdpbusd on `lanes` int32 (16: a zmm; 8: a ymm)."""
+    a, b, c = desc.params
+    # LLVM 17+ declares the operands as bytes (older LLVMs: i32 lanes).
+    return implementation(desc, store(c, llvm(
+        f"int32x{lanes}", f"llvm.x86.avx512.vpdpbusd.{32 * lanes}",
+        c.vload([0], f"int32x{lanes}"), word_broadcast(a, lanes),
+        b.vload([0, 0], f"int8x{4 * lanes}")), lanes))
 
 
-@T.prim_func(s_tir=True)
-def _dot_16x4_vnni(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope=ACC_SCOPE),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        # LLVM 17+ declares the operands as 64 bytes (older LLVMs: 16 x i32).
-        a = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        a64 = T.reinterpret(T.broadcast(a, 16), dtype="int8x64")
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-            C.vload([0], dtype="int32x16"), a64, B.vload([0, 0], dtype="int8x64"),
-            dtype="int32x16")
+def _avx2(desc: tirx.PrimFunc) -> tirx.PrimFunc:
+    """vpmaddwd: the two activations as an int16 pair, repeated for the 8 channels, against
+    the panel's weights widened to int16."""
+    a, b, c = desc.params
+    pair = tirx.reinterpret("int32", tirx.Cast("int16x2", a.vload([0], "uint8x2")))
+    x = tirx.reinterpret("int16x16", tirx.Broadcast(pair, 8))
+    w = tirx.Cast("int16x16", b.vload([0, 0], "int8x16"))
+    return implementation(desc, store(c, c.vload([0], "int32x8") + llvm(
+        "int32x8", "llvm.x86.avx2.pmadd.wd", x, w), 8))
 
 
-@T.prim_func(s_tir=True)
-def _dot_8x2_desc(
-    A: T.Buffer((2,), "uint8", offset_factor=1),
-    B: T.Buffer((8, 2), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope=ACC_SCOPE),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+def _intrinsics() -> dict:
+    made = {}
+    for name, lanes in ((VNNI_DOT_16x4_INTRIN, 16), (VNNI_DOT_8x4_INTRIN, 8)):
+        desc = dot_desc(lanes, 4)
+        made[name] = (desc, _vnni(desc, lanes))
+    avx2 = dot_desc(8, 2)
+    made[AVX2_DOT_8x2_INTRIN] = (avx2, _avx2(avx2))
+    return made
 
 
-@T.prim_func(s_tir=True)
-def _dot_8x2_avx2(
-    A: T.Buffer((2,), "uint8", offset_factor=1),
-    B: T.Buffer((8, 2), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope=ACC_SCOPE),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        # The two activations as an int16 pair, repeated for the 8 channels.
-        a_pair = T.reinterpret(T.Cast("int16x2", A.vload([0], "uint8x2")), dtype="int32")
-        a16 = T.reinterpret(T.broadcast(a_pair, 8), dtype="int16x16")
-        b16 = T.Cast("int16x16", B.vload([0, 0], dtype="int8x16"))
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a16, b16, dtype="int32x8")
-
-
-TensorIntrin.register(VNNI_DOT_16x4_INTRIN, _dot_16x4_desc, _dot_16x4_vnni)
-TensorIntrin.register(AVX2_DOT_8x2_INTRIN, _dot_8x2_desc, _dot_8x2_avx2)
+register = registrar(_intrinsics)
 
 
 def dots_for(int8: str) -> list[Int8Dot]:

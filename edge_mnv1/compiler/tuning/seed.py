@@ -93,7 +93,7 @@ def default_seed(task_index: int, name: str, mod: tvm.IRModule,
     made = schedules.apply(mod["main"], vector_unit(tvm_target), new_schedule)
     if made is None:
         return "no default schedule of its class"
-    if not made_in or made.kind == "pointwise-int8":
+    if not made_in or made.kind.endswith("-int8"):
         return "tensorized (no trace to replay)"
     trace = made_in[-1].sch.trace
     replay = s_tir.Schedule(mod)

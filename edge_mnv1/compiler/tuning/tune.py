@@ -33,7 +33,7 @@ from tvm.ir.utils import derived_object
 from edge_mnv1 import log
 from edge_mnv1.errors import ToolError, UsageError
 from edge_mnv1.artifact.target import Target
-from edge_mnv1.compiler import cpu_intrinsics, frontend, lowering
+from edge_mnv1.compiler import frontend, lowering
 from edge_mnv1.onnxio.model_file import load_onnx, model_metadata
 from edge_mnv1.compiler.tuning import records
 from edge_mnv1.compiler.tuning import seed as seeding
@@ -186,7 +186,7 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
     t0 = time.time()  # the budget covers the whole command, TVM's own set-up included
     model_path = Path(model_path)
     model, resolved, measure = _plan(model_path, target, rpc, tracker, measure)
-    cpu_intrinsics.load(resolved.triple)  # what MetaSchedule's rules for this CPU name
+    lowering.load_intrinsics(resolved.tvm_target)  # what the rules and the records name
     meta = model_metadata(model)
     shape = frontend.input_shape(model)
     # The runner's worker processes inherit this: TVM would otherwise use one thread here.
