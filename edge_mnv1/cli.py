@@ -19,7 +19,9 @@ VERBS = ["info", "train", "export", "quantize", "tune", "compile", "emulate", "d
          "parity", "bench", "profile", "soak", "fuzz", "demo"]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The verbs' parsers; only the named verb's when argv starts with one: each verb module
+    imports what it needs (torch, TVM), a second or more that another verb need not pay."""
     p = argparse.ArgumentParser(
         prog="edge-mnv1",
         description="MobileNetV1 from PyTorch to edge devices with Apache TVM: train, export, "
@@ -29,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
                "1 a check or a device failed, 2 bad usage or bad input, 3 a tool this machine "
                "needs is missing or failed.")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
-    for verb in VERBS:
+    for verb in [v for v in VERBS if argv[:1] == [v]] or VERBS:
         mod = importlib.import_module(f"edge_mnv1.verbs.{verb}")
         sp = sub.add_parser(verb, help=mod.HELP, description=mod.HELP)
         sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -39,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    parser = _parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "verb", None):
         parser.print_help()
