@@ -15,8 +15,9 @@ LANES = 64
 ZERO, LO, HI = 7, 0, 255
 
 
-def _epilogue() -> tvm.tirx.PrimFunc:
-    """integer.py's int64 rule after an int32 bias add, vectorized over 16 lanes."""
+def _epilogue(lanes: int, left_shift: bool) -> tvm.tirx.PrimFunc:
+    """integer.py's int64 rule after an int32 bias add, vectorized over `lanes` lanes
+    (1: a scalar loop), with or without the left shift (a layer with a multiplier >= 1)."""
     tirx = tvm.tirx
     i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
     acc, bias, m, left, right = (te.placeholder((LANES,), "int32", name=n)
@@ -27,41 +28,61 @@ def _epilogue() -> tvm.tirx.PrimFunc:
     def rule(i):
         wide = lambda e: tirx.Cast("int64", e)  # noqa: E731
         a = tirx.max(tirx.min(wide(total[i]) << wide(left[i]), i64(INT32_MAX)),
-                     i64(INT32_MIN))
+                     i64(INT32_MIN)) if left_shift else wide(total[i])
         t = (a * wide(m[i]) + i64(1 << 30)) >> i64(31)
         u = (((t << i64(1)) >> wide(right[i])) + i64(1)) >> i64(1)
         return tirx.Cast("uint8", tirx.max(tirx.min(u + i64(ZERO), i64(HI)), i64(LO)))
     y = te.compute((LANES,), rule, name="y")
     sch = s_tir.Schedule(te.create_prim_func([acc, bias, m, left, right, y]))
     sch.compute_inline(sch.get_sblock("total"))
-    _, lane = sch.split(sch.get_loops(sch.get_sblock("y"))[0], [None, 16])
-    sch.vectorize(lane)
+    if lanes > 1:
+        _, lane = sch.split(sch.get_loops(sch.get_sblock("y"))[0], [None, lanes])
+        sch.vectorize(lane)
     return sch.mod["main"]
 
 
-def test_x86_requantization_is_int32_and_bit_exact():
-    func = int8_requant_x86.rewrite(_epilogue())
-    assert "int64" in func.script() and "uint32" in func.script()   # only the product wide
-    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
-                                "mcpu": "znver4"})
-    ex = tvm.compile(tvm.IRModule({"main": func}), target=target)
-    asm = ex.mod.inspect_source("asm")
-    assert "vpmuldq" in asm and "vpmullq" not in asm
+def _extremes(left_shift: bool):
+    """Accumulators, biases, multipliers and total shifts at the rule's ends: right shifts
+    0, 1, 30, 31, left shifts 30 and 1 (multipliers >= 1), saturating left shifts."""
     rng = np.random.default_rng(0)
-    shift = rng.integers(1, 63, LANES)
-    shift[:4] = (1, 30, 31, 62)                               # both shifts at their ends
+    shift = rng.integers(1 if left_shift else 31, 63, LANES)
+    shift[:8] = (1, 30, 31, 62, 32, 61, 31, 62) if left_shift else (31, 62, 32, 61) * 2
     left, right = (s.astype(np.int32) for s in split_shift(shift))
     m = rng.integers(1 << 30, 1 << 31, LANES, dtype=np.int64).astype(np.int32)
-    m[:2] = ((1 << 30), INT32_MAX)
+    m[:2], m[8:10] = ((1 << 30), INT32_MAX), (INT32_MAX, 0)
     acc = rng.integers(-(1 << 26), 1 << 26, LANES, dtype=np.int64)
-    acc[4:8] = (INT32_MAX, INT32_MIN, 1 << 30, -(1 << 30) - 1)  # saturating left shifts
+    acc[4:12] = (INT32_MAX, INT32_MIN, 1 << 30, -(1 << 30) - 1,     # saturating left shifts
+                 INT32_MAX, INT32_MIN, INT32_MIN, INT32_MAX)
     acc = acc.astype(np.int32)
     bias = rng.integers(-(1 << 20), 1 << 20, LANES, dtype=np.int64).astype(np.int32)
-    bias[4:8] = 0
+    bias[4:12] = 0
+    return acc, bias, m, left, right, shift
+
+
+@pytest.mark.parametrize("kind,lanes,left_shift", [
+    ("vnni", 16, False), ("vnni", 16, True), ("avx2", 8, False), ("avx2", 8, True),
+    ("vnni", 1, True)])
+def test_x86_requantization_is_int32_and_bit_exact(kind, lanes, left_shift):
+    """The rewritten rule equals the reference; vectorized, its high multiply is vpmuldq on
+    even and odd lanes: without a left shift no lane is widened to int64 or narrowed back."""
+    from edge_mnv1.compiler.tvm_target import host_features
+    need = {"vnni": ["avx512f"], "avx2": ["avx2"]}[kind]
+    if not all(f in host_features() for f in need):
+        pytest.skip(f"this CPU cannot run {kind} code")
+    func = int8_requant_x86.rewrite(_epilogue(lanes, left_shift), kind)
+    assert (int8_requant_x86.ROUNDED_OP if kind == "vnni" else int8_requant_x86.HIGH_OP) \
+        in func.script()
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
+                                "mcpu": "znver4" if kind == "vnni" else "haswell"})
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    asm = ex.mod.inspect_source("asm")
+    if lanes > 1:
+        assert "vpmuldq" in asm and "vpmullq" not in asm
+    if lanes > 1 and not left_shift:
+        assert not any(op in asm for op in ("vpmovqd", "vpmovzxdq", "vpmovsxdq", "vinserti"))
+    acc, bias, m, left, right, shift = _extremes(left_shift)
     out = tvm.runtime.tensor(np.zeros(LANES, np.uint8))
-    host = tvm.compile(tvm.IRModule({"main": func}),
-                       target=tvm.target.Target({"kind": "llvm"}))
-    host["main"](*(tvm.runtime.tensor(v) for v in (acc, bias, m, left, right)), out)
+    ex["main"](*(tvm.runtime.tensor(v) for v in (acc, bias, m, left, right)), out)
     want = requantize(acc.astype(np.int64) + bias, m, shift, ZERO, LO, HI)
     np.testing.assert_array_equal(out.numpy(), want)
 

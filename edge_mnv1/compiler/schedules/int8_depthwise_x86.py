@@ -36,6 +36,7 @@ import tvm.s_tir as s_tir
 import tvm.tirx as tirx
 
 from edge_mnv1.compiler.schedules.int8_depthwise_match import Depthwise, recognize
+from edge_mnv1.compiler.schedules.int8_requant_x86 import high_even_odd, rounded
 from edge_mnv1.compiler.tvm_target import VectorUnit
 
 _VNNI = {16: "llvm.x86.avx512.vpdpbusd.512", 8: "llvm.x86.avx512.vpdpbusd.256"}
@@ -155,7 +156,7 @@ class _Vec:
 
     def __init__(self, lanes: int, kind: str):
         self.lanes, self.kind = lanes, kind
-        self.i32, self.u32, self.i64 = f"int32x{lanes}", f"uint32x{lanes}", f"int64x{lanes // 2}"
+        self.i32, self.u32 = f"int32x{lanes}", f"uint32x{lanes}"
         self.u8, self.i8 = f"uint8x{4 * lanes}", f"int8x{4 * lanes}"
 
     def splat(self, value: int, dtype: str = "int32") -> tirx.PrimExpr:
@@ -185,23 +186,10 @@ class _Vec:
         return tirx.reinterpret(self.u8, even), tirx.reinterpret(self.u8, odd)
 
     def high(self, a, mult, mult_odd) -> tirx.PrimExpr:
-        """(a * M + 2^30) >> 31 per int32 lane: vpmuldq on the even lanes and on the odd
-        ones (shifted down; their multipliers prepacked there), each rounded in int64 and
-        merged back by a mask."""
-        wide = lambda v: tirx.reinterpret(self.i64, v)  # noqa: E731
-        s32, half = self.splat(32, "int64"), self.splat(1 << 30, "int64")
-        low32 = lambda v: (wide(v) << s32) >> s32  # noqa: E731  (sign-extended low half)
-        even = low32(a) * low32(mult)
-        odd = (wide(a) >> s32) * low32(mult_odd)
-        low = self.splat(0xFFFFFFFF, "int64")
-        merged = (((even + half) >> self.splat(31, "int64")) & low) | \
-            (((odd + half) << self.splat(1, "int64")) & ~low)
-        return tirx.reinterpret(self.i32, merged)
+        return high_even_odd(a, mult, mult_odd, self.lanes)
 
     def rounded(self, t, shift, bit) -> tirx.PrimExpr:
-        """(t + 2^(r-1)) >> r, t for r = 0, as ((t >> shift) + bit) >> bit with shift =
-        max(r - 1, 0) and bit = min(r, 1): no overflow, as |t| <= 2^31 - 2."""
-        return ((t >> shift) + bit) >> bit
+        return rounded(t, shift, bit)
 
     def narrowed(self, values) -> tirx.PrimExpr:
         """The 4 accumulators' int32 lanes (lane j of k: channel 4j + k) as 4L bytes in

@@ -81,7 +81,7 @@ def finish_integer(func: tirx.PrimFunc, unit: VectorUnit) -> tirx.PrimFunc:
     if unit.int8 in ("neon", "dotprod"):
         return int8_requant_neon.rewrite(func)
     if unit.int8 in ("vnni", "avx2"):
-        return int8_requant_x86.rewrite(func)
+        return int8_requant_x86.rewrite(func, unit.int8)
     return func
 
 
