@@ -1,7 +1,8 @@
-"""Which integer micro-kernel a kernel gets on this target: the CPU's dot-product
-instruction (compiler/tvm_target.py: `VectorUnit.int8`) for a channels-last pointwise
-convolution of uint8 by int8 whose weights may be prepacked; None for every other kernel,
-which then gets the register-blocked default (blocked.py, int32 lanes)."""
+"""Which integer micro-kernel a kernel gets on this target (compiler/tvm_target.py:
+`VectorUnit.int8`): on x86 the depthwise 3x3 and the first conv have kernels of their own
+(int8_depthwise_x86, int8_first_conv_x86); a channels-last pointwise convolution of uint8 by
+int8 whose weights may be prepacked runs on the CPU's dot-product instruction; None for every
+other kernel, which then gets the register-blocked default (blocked.py, int32 lanes)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ import tvm.s_tir as s_tir
 import tvm.tirx as tirx
 
 from edge_mnv1 import log
-from edge_mnv1.compiler.schedules import (int8_blocked, int8_neon, int8_neon_s8,
+from edge_mnv1.compiler.schedules import (int8_blocked, int8_depthwise_x86,
+                                          int8_first_conv_x86, int8_neon, int8_neon_s8,
                                           int8_neon_sdot, int8_requant_neon,
                                           int8_requant_x86, int8_x86, prepack)
-from edge_mnv1.compiler.schedules import int8_depthwise_x86
-from edge_mnv1.compiler.schedules import int8_first_conv_x86
 from edge_mnv1.compiler.schedules.anatomy import analyse, inline_all
 from edge_mnv1.compiler.tvm_target import VectorUnit
 
