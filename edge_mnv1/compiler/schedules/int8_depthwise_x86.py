@@ -36,7 +36,7 @@ import tvm.s_tir as s_tir
 import tvm.tirx as tirx
 
 from edge_mnv1.compiler.schedules.int8_depthwise_match import Depthwise, recognize
-from edge_mnv1.compiler.schedules.int8_requant_x86 import high_even_odd, rounded
+from edge_mnv1.compiler.schedules.int8_requant_x86 import high_even_odd, imm, rounded
 from edge_mnv1.compiler.tvm_target import VectorUnit
 
 _VNNI = {16: "llvm.x86.avx512.vpdpbusd.512", 8: "llvm.x86.avx512.vpdpbusd.256"}
@@ -68,10 +68,6 @@ def _rows(width: int, kind: str) -> int:
     return max(r for r in range(1, limit + 1) if width % r == 0)
 
 
-def _i(value: int, dtype: str = "int32") -> tirx.PrimExpr:
-    return tirx.IntImm(dtype, value)
-
-
 def _pack(name: str, dst: tirx.Buffer, value) -> tirx.Stmt:
     """A layout-rewrite block `dst[i...] = value(i...)` over all of dst, which
     lowering.prepack_weights runs on the constants at compile time."""
@@ -87,7 +83,7 @@ def _pack(name: str, dst: tirx.Buffer, value) -> tirx.Stmt:
                          annotations={"meta_schedule.layout_rewrite_preproc": 1})
     stmt = s_tir.SBlockRealize(loops, True, block)
     for var, n in reversed(list(zip(loops, dst.shape))):
-        stmt = tirx.For(var, _i(0), n, tirx.ForKind.SERIAL, stmt)
+        stmt = tirx.For(var, imm(0), n, tirx.ForKind.SERIAL, stmt)
     return stmt
 
 
@@ -112,7 +108,7 @@ def _packed(shape: Depthwise, buffers, lanes: int, vec_kind: str):
             tirx.IntImm("int8", 0)
 
         def w(tap):
-            return tirx.BufferLoad(weight, [c, _i(tap // 3), _i(tap % 3), _i(0)])
+            return tirx.BufferLoad(weight, [c, imm(tap // 3), imm(tap % 3), imm(0)])
         value = zero
         for i, (a, b2) in enumerate(slots):
             if b2 is None:
@@ -125,7 +121,7 @@ def _packed(shape: Depthwise, buffers, lanes: int, vec_kind: str):
     buffers_out, stmts = {1: masked}, [_pack("weight_masked", masked, mask)]
     lane = lambda cb, k, j: cb * width + j * 4 + k  # noqa: E731  (lane j of k)
     bias, mult, right = (buffers[i] if i is not None else None for i in shape.params[2:5])
-    at = lambda src, c: tirx.BufferLoad(src, [_i(0), _i(0), _i(0), c])  # noqa: E731
+    at = lambda src, c: tirx.BufferLoad(src, [imm(0), imm(0), imm(0), c])  # noqa: E731
     # One rewrite per constant (lowering's split wants that): the values derived from it
     # stacked, as (blocks, n, 4, L).
     derived = {
@@ -161,7 +157,7 @@ class _Vec:
 
     def splat(self, value: int, dtype: str = "int32") -> tirx.PrimExpr:
         lanes = self.lanes // 2 if dtype == "int64" else self.lanes
-        return tirx.Broadcast(_i(value, dtype), lanes)
+        return tirx.Broadcast(imm(value, dtype), lanes)
 
     def dot(self, acc, data, weight) -> tirx.PrimExpr:
         """acc + the masked products: lane j gains data[4j + k] * weight[4j + k]."""
@@ -218,8 +214,8 @@ def _tile_outputs(shape: Depthwise, vec: _Vec, packed, buffers, at):
     bias_i, right_i = shape.params[2], shape.params[4]
 
     def param(name, k, n=0):
-        return tirx.BufferLoad(packed[name], [cb, _i(n), _i(k),
-                                              tirx.Ramp(_i(0), _i(1), vec.lanes)])
+        return tirx.BufferLoad(packed[name], [cb, imm(n), imm(k),
+                                              tirx.Ramp(imm(0), imm(1), vec.lanes)])
 
     def outside(o, size):
         return isinstance(o, int) and not 0 <= o < size
@@ -228,7 +224,7 @@ def _tile_outputs(shape: Depthwise, vec: _Vec, packed, buffers, at):
         iy, ix = oy * s - pad + ry, (ox0 + p) * s - pad + rx
         if outside(iy, shape.h) or outside(ix, shape.w):
             return None
-        return data.vload([_i(0), iy, ix, cb * width], vec.u8)
+        return data.vload([imm(0), iy, ix, cb * width], vec.u8)
 
     lets = []
 
@@ -243,7 +239,7 @@ def _tile_outputs(shape: Depthwise, vec: _Vec, packed, buffers, at):
     # data by the slots that read the same column (LLVM merges the loads and the byte
     # interleaving), so 4R accumulators + 4 weights + a few data vectors stay in registers.
     for i, (a, b) in enumerate(_slots(vec.kind)):
-        weights = [let(f"w{i}_{k}", packed[1].vload([cb, _i(i), _i(k), _i(0)], vec.i8))
+        weights = [let(f"w{i}_{k}", packed[1].vload([cb, imm(i), imm(k), imm(0)], vec.i8))
                    for k in range(4)]
         for p in range(rows):
             x = tap(p, a // 3, a % 3)
@@ -265,7 +261,7 @@ def _tile_outputs(shape: Depthwise, vec: _Vec, packed, buffers, at):
                 u = tirx.Max(tirx.Min(u, vec.splat(shape.hi - z)), vec.splat(shape.lo - z))
                 u = u + vec.splat(z) if z else u
             values.append(u)
-        stores.append(out.vstore([_i(0), oy, ox0 + p, cb * width], vec.narrowed(values)))
+        stores.append(out.vstore([imm(0), oy, ox0 + p, cb * width], vec.narrowed(values)))
     return tirx.SeqStmt([tirx.Bind(var, value) for var, value in lets] + stores)
 
 
@@ -287,7 +283,7 @@ def _build(func: tirx.PrimFunc, shape: Depthwise, lanes: int, rows: int,
     reads = [tirx.BufferRegion(b, _whole(b)) for b in [buffers[0], *packed.values()]]
     body = s_tir.SBlockRealize([], True, s_tir.SBlock(
         [], reads, [tirx.BufferRegion(buffers[-1], _whole(buffers[-1]))], "depthwise", body))
-    loop = tirx.For(tile, _i(0), _i(shape.oh * tiles_x * blocks), kind, body)
+    loop = tirx.For(tile, imm(0), imm(shape.oh * tiles_x * blocks), kind, body)
     root = s_tir.SBlock([], [], [], "root", tirx.SeqStmt([*packs, loop]),
                         alloc_buffers=list(dict.fromkeys(packed[i] for i in packed)))
     return func.with_body(s_tir.SBlockRealize([], True, root))

@@ -47,9 +47,10 @@ def _as(dtype: str, e: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.reinterpret(dtype, e)
 
 
-def _i(value: int, dtype: str = "int32", lanes: int = 1) -> tirx.PrimExpr:
-    imm = tirx.IntImm(dtype, value)
-    return imm if lanes == 1 else tirx.Broadcast(imm, lanes)
+def imm(value: int, dtype: str = "int32", lanes: int = 1) -> tirx.PrimExpr:
+    """An integer constant, broadcast to `lanes` lanes if more than one."""
+    scalar = tirx.IntImm(dtype, value)
+    return scalar if lanes == 1 else tirx.Broadcast(scalar, lanes)
 
 
 def high_even_odd(a, mult, mult_odd, lanes: int) -> tirx.PrimExpr:
@@ -59,13 +60,13 @@ def high_even_odd(a, mult, mult_odd, lanes: int) -> tirx.PrimExpr:
     int64 and merged back by a mask."""
     i64 = f"int64x{lanes // 2}"
     wide = lambda v: _as(i64, v)  # noqa: E731
-    s32, half = _i(32, "int64", lanes // 2), _i(1 << 30, "int64", lanes // 2)
+    s32, half = imm(32, "int64", lanes // 2), imm(1 << 30, "int64", lanes // 2)
     low32 = lambda v: (wide(v) << s32) >> s32  # noqa: E731  (sign-extended low half)
     even = low32(a) * low32(mult)
     odd = (wide(a) >> s32) * low32(mult_odd)
-    low = _i(0xFFFFFFFF, "int64", lanes // 2)
-    merged = (((even + half) >> _i(31, "int64", lanes // 2)) & low) | \
-        (((odd + half) << _i(1, "int64", lanes // 2)) & ~low)
+    low = imm(0xFFFFFFFF, "int64", lanes // 2)
+    merged = (((even + half) >> imm(31, "int64", lanes // 2)) & low) | \
+        (((odd + half) << imm(1, "int64", lanes // 2)) & ~low)
     return _as(f"int32x{lanes}", merged)
 
 
@@ -82,12 +83,12 @@ def _lowered_high(call) -> tirx.PrimExpr:
     lanes = tvm.DataType(str(a.ty)).lanes
     if lanes % 2 == 0:
         mult_odd = _as(f"int32x{lanes}", _as(f"int64x{lanes // 2}", mult)
-                       >> _i(32, "int64", lanes // 2))
+                       >> imm(32, "int64", lanes // 2))
         return high_even_odd(a, mult, mult_odd, lanes)
     wide = f"int64x{lanes}" if lanes > 1 else "int64"
     product = tirx.Cast(wide, a) * tirx.Cast(wide, mult)
-    return tirx.Cast(str(a.ty), (product + _i(1 << 30, "int64", lanes))
-                     >> _i(31, "int64", lanes))
+    return tirx.Cast(str(a.ty), (product + imm(1 << 30, "int64", lanes))
+                     >> imm(31, "int64", lanes))
 
 
 def _product_rounded(a, mult, right, dtype: str) -> tirx.PrimExpr:
@@ -96,8 +97,8 @@ def _product_rounded(a, mult, right, dtype: str) -> tirx.PrimExpr:
     floor: floor((floor(x / 2^31) + k) / 2^r) = floor((x + k 2^31) / 2^(31 + r)); no
     overflow: |a * M| < 2^62 and R <= 2^30 + 2^61."""
     lanes = tvm.DataType(dtype).lanes
-    one, r30 = _i(1, "int64", lanes), right + _i(30, "int64", lanes)
-    rounding = _i(1 << 30, "int64", lanes) | (one << r30)
+    one, r30 = imm(1, "int64", lanes), right + imm(30, "int64", lanes)
+    rounding = imm(1 << 30, "int64", lanes) | (one << r30)
     return (a * mult + rounding) >> (r30 + one)
 
 
@@ -112,13 +113,13 @@ def _lowered_rounded(call) -> tirx.PrimExpr:
         as64 = lambda v: tirx.Cast(wide, v)  # noqa: E731
         return tirx.Cast(str(a.ty), _product_rounded(as64(a), as64(mult), as64(right), wide))
     i64, half = f"int64x{lanes // 2}", lanes // 2
-    s32 = _i(32, "int64", half)
+    s32 = imm(32, "int64", half)
     low = lambda v: (_as(i64, v) << s32) >> s32  # noqa: E731  (sign-extended low half)
     high = lambda v: _as(i64, v) >> s32  # noqa: E731
     even = _product_rounded(low(a), low(mult), low(right), i64)
     odd = _product_rounded(high(a), high(mult), high(right), i64)
     i32 = f"int32x{lanes}"
-    order = [_i(j if j % 2 == 0 else lanes + j - 1) for j in range(lanes)]
+    order = [imm(j if j % 2 == 0 else lanes + j - 1) for j in range(lanes)]
     return tirx.Shuffle([_as(i32, even), _as(i32, odd)], order)
 
 
@@ -151,7 +152,7 @@ def _high(a: tirx.PrimExpr, mult: tirx.PrimExpr) -> tirx.PrimExpr:
 
 def _rounded(t: tirx.PrimExpr, right: tirx.PrimExpr) -> tirx.PrimExpr:
     """right in [0, 31] (quant.fixedpoint: a shift of at most 62)."""
-    return rounded(t, tirx.Max(right - _i(1), _i(0)), tirx.Min(right, _i(1)))
+    return rounded(t, tirx.Max(right - imm(1), imm(0)), tirx.Min(right, imm(1)))
 
 
 def _rounded_avx512(t: tirx.PrimExpr, right: tirx.PrimExpr) -> tirx.PrimExpr:
