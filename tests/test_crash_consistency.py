@@ -154,7 +154,9 @@ def test_tuning_killed_at_random_moments_never_corrupts_the_records(tmp_path, mo
     step = budget = 4  # each run owes `step` trials more than are on record
 
     def tune(trials: int) -> list:
-        return ["tune", onnx, "--target", "host", "--trials", trials, "--minutes", 10, "--json"]
+        # --no-settle: the subject is the database; timing whole programs is test_tune's.
+        return ["tune", onnx, "--target", "host", "--trials", trials, "--minutes", 10, "--json",
+                "--no-settle"]
 
     server = ForkServer()
     try:

@@ -29,6 +29,7 @@ from edge_mnv1.compiler import (codegen, emit, float_arm_m, frontend, graph, int
                                 lowering, memory)
 from edge_mnv1.compiler import patches as patch_stage
 from edge_mnv1.compiler.tuning import records, transfer
+from edge_mnv1.compiler.tuning import settled as settled_records
 from edge_mnv1.compiler.tvm_target import ResolvedTarget, resolve
 from edge_mnv1.onnxio import support
 from edge_mnv1.onnxio.model_file import load_onnx, model_metadata, ort_session
@@ -113,15 +114,17 @@ class Golden:
 
 def compile_artifact(model_path: str | Path, target: Target, out_dir: str | Path, *,
                      use_records: bool = True, tuning_root: Path | None = None,
-                     emit_kind: str | None = None, patches: str | None = None) -> Artifact:
+                     emit_kind: str | None = None, patches: str | None = None,
+                     settled: bool = True) -> Artifact:
     """Compiles the model into `out_dir`. The manifest lists no files yet: `finish_manifest`
     hashes them once the program is built. `patches` ("auto", "off", "PxP@K"; default: the
-    target file's) runs the first layers tile by tile (compiler/patches.py)."""
+    target file's) runs the first layers tile by tile (compiler/patches.py). settled=False
+    applies every record as measured alone (tuning/settled.py: what `tune` compares)."""
     out_dir = Path(out_dir)
     resolved = resolve(target)
     source = import_model(Path(model_path), resolved)
     source, patched = patch_stage.for_source(source, target, patches)
-    lowered = lower(source, resolved, use_records, tuning_root)
+    lowered = lower(source, resolved, use_records, tuning_root, settled)
     lowered.program.input_in_frame_buffer = patched is not None and bool(patched["split"]) \
         or integer_arm_m.reads_input_in_place(target, source.is_integer)
     _prepare_output(out_dir)
@@ -169,7 +172,7 @@ def import_model(path: Path, resolved: ResolvedTarget) -> Source:
 
 
 def lower(source: Source, resolved: ResolvedTarget, use_records: bool,
-          tuning_root: Path | None) -> Lowered:
+          tuning_root: Path | None, settled: bool = True) -> Lowered:
     """Fuse, apply the tuning records for this CPU and model, schedule the rest by default."""
     layout, prepack = lowering.layout_for(resolved.target, source.is_integer)
     relax_mod = float_arm_m.rewrite(source.relax, resolved.target) if float_arm_m.applies(
@@ -184,7 +187,7 @@ def lower(source: Source, resolved: ResolvedTarget, use_records: bool,
     applied, fell_back = [], []
     if use_records:
         fused, applied, fell_back = _apply_records(fused, resolved, found, key, prepack,
-                                                   source.path)
+                                                   source.path, settled)
     scheduled, defaulted = lowering.apply_default_schedules(fused, resolved.tvm_target)
     prog = graph.extract(scheduled)
     prepacked = graph.carry_macs(imported, prog)
@@ -199,9 +202,10 @@ def lower(source: Source, resolved: ResolvedTarget, use_records: bool,
 
 
 def _apply_records(fused, resolved: ResolvedTarget, found: records.Found, key: str,
-                   prepack: bool, model_path: Path):
-    """(module, kernels a record covered, kernels whose transferred record lost to the
-    default here); says so when there are no records to apply."""
+                   prepack: bool, model_path: Path, settled: bool = True):
+    """(module, kernels a record covered, kernels whose record lost to the default: a
+    transferred one timed here, or this CPU's in the whole program as `tune` measured it);
+    says so when there are no records to apply."""
     if found.match == "none":
         log.info(f"compile: no tuning records for CPU key {resolved.cpu_key!r} or its ISA class "
                  f"and model {key!r} (looked in {found.dir.parent.parent}); default schedules. "
@@ -213,6 +217,8 @@ def _apply_records(fused, resolved: ResolvedTarget, found: records.Found, key: s
     log.info(f"compile: tuning records of {origin} from {found.dir} cover {len(applied)} of "
              f"{len(lowering.kernels(tuned))} kernels")
     fell_back: list[str] = []
+    if found.match == "exact" and settled:
+        tuned, applied, fell_back = settled_records.fall_back(tuned, fused, found.dir, applied)
     if found.match == "isa-class" and resolved.runs_here:
         # Another CPU's tile sizes: keep each record only where it beats the default here.
         defaults = {name: lowering.default_schedule_for(fused[name], resolved.tvm_target)

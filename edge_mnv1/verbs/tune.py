@@ -19,6 +19,10 @@ def add_arguments(p):
                         "icount: count their instructions under qemu-aarch64 (the default for "
                         "aarch64 targets without --rpc/--tracker; docs/performance.md)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-settle", action="store_true",
+                   help="skip timing each record against its default in the whole program "
+                        "(done after the search when the target runs on this machine; "
+                        "docs/performance.md)")
 
 
 def run(args) -> dict:
@@ -30,11 +34,18 @@ def run(args) -> dict:
     if args.rpc and args.tracker:
         raise UsageError("give either --rpc or --tracker, not both")
     from edge_mnv1.compiler.tuning.icount_runner import NOMINAL_HZ
-    from edge_mnv1.compiler.tuning.tune import tune
+    from edge_mnv1.compiler.tuning.tune import measures_here, tune
 
-    r = tune(args.model, load_target(args.target), trials=args.trials, minutes=args.minutes,
-             rpc=args.rpc, tracker=args.tracker, key=args.key, seed=args.seed,
-             measure=args.measure)
+    target = load_target(args.target)
+    settle = not args.no_settle and measures_here(target, args.rpc, args.tracker, args.measure)
+    if settle:
+        from edge_mnv1.evaluation.settle import reserve_seconds
+    reserve = reserve_seconds(args.minutes) if settle else 0.0
+    r = tune(args.model, target, trials=args.trials, minutes=args.minutes, rpc=args.rpc,
+             tracker=args.tracker, key=args.key, seed=args.seed, measure=args.measure,
+             reserve_seconds=reserve)
+    if settle:
+        r["settle"] = _settle(args, target, r)
     r["text"] = (f"tuned {r['model_key']} for {r['cpu_key']}: {r['trials_after']} trials on record "
                  f"({r['trials_before']} before this run; stopped by {r['stopped_by']}) in "
                  f"{r['records_dir']}" + (f"; best estimate {r['best_estimate_ms']} ms"
@@ -42,3 +53,16 @@ def run(args) -> dict:
                  + (f" (instructions at a nominal {NOMINAL_HZ / 1e9:g} GHz, one per cycle)"
                     if r.get("measure") == "icount" and "best_estimate_ms" in r else ""))
     return r
+
+
+def _settle(args, target, r: dict) -> dict:
+    """Each record against its default in the whole program, within what is left of the
+    budget (`tune` stopped its search `reserve_seconds` early for this)."""
+    import time
+    from pathlib import Path
+    from edge_mnv1.evaluation.settle import settle
+
+    deadline = time.time() + args.minutes * 60 - r["seconds"]
+    out = settle(Path(args.model), target, Path(r["records_dir"]), deadline)
+    r["seconds"] = round(r["seconds"] + out["seconds"], 1)
+    return out

@@ -180,9 +180,17 @@ def _plan(model_path: Path, target: Target, rpc, tracker, measure):
     return model, resolved, measure
 
 
+def measures_here(target: Target, rpc, tracker, measure) -> bool:
+    """Whether candidates are timed on this machine, the one that runs the program."""
+    return resolve(target).runs_here and not (rpc or tracker) and measure in (None, "time")
+
+
 def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
          rpc: str | None = None, tracker: str | None = None, key: str | None = None,
-         tuning_root: Path | None = None, seed: int = 0, measure: str | None = None) -> dict:
+         tuning_root: Path | None = None, seed: int = 0, measure: str | None = None,
+         reserve_seconds: float = 0.0) -> dict:
+    """`reserve_seconds`: the search stops that much before the budget, for the caller's
+    own step after it (evaluation/settle.py)."""
     t0 = time.time()  # the budget covers the whole command, TVM's own set-up included
     model_path = Path(model_path)
     model, resolved, measure = _plan(model_path, target, rpc, tracker, measure)
@@ -213,7 +221,8 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
               "tasks": len(tasks), "trials_before": done, "trials_budget": trials}
     if remaining > 0:
         session = _Session(target, resolved, measure, rpc, tracker, key, threads)
-        stopped, best_ms = session.run(tasks, rec_dir, remaining, t0 + minutes * 60, seed)
+        stopped, best_ms = session.run(tasks, rec_dir, remaining,
+                                       t0 + minutes * 60 - reserve_seconds, seed)
         result["best_estimate_ms"] = best_ms
     result["trials_after"] = records.repair_database(rec_dir)
     result["stopped_by"] = stopped if remaining > 0 else "already done"
