@@ -20,6 +20,9 @@ from edge_mnv1.compiler.tvm_target import VectorUnit
 # TVM puts a kernel's buffer on the stack when it is smaller than this (kMaxStackAlloca).
 STACK_BYTES = 1024
 ACC_BYTES = 4       # an fp32 or int32 accumulator lane
+# Weights (elements) up to which a threaded kernel keeps pixels outermost anyway: 512 x 1024
+# (2 MB of fp32) measured as fast either way; 1024 x 1024 was 3 % slower with pixels outermost.
+SHARED_PANEL_WEIGHTS = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,12 @@ def choose(a: Anatomy, unit: VectorUnit) -> Tile | None:
     # kernels ran 1.7x slower, Zen 4, EM_NUM_THREADS=1 profile).
     weights = a.extents[a.channel] * window if a.channel is not None else 0
     data = work // a.extents[a.channel] * window if a.channel is not None else work
+    parallel = unit.parallel and work * window >= 4096
+    # Split among threads, panels outermost give each core a share of every pixel's
+    # channels, and the next kernel, split by pixels, reads half of its input from the other
+    # core's cache (the 14x14 depthwise kernels after such pointwise ones: 0.024 -> 0.016 ms,
+    # 2 threads, Zen 4). Threaded, pixels stay outermost unless the weights outgrow that.
+    streamed = weights > data and not (parallel and weights <= SHARED_PANEL_WEIGHTS)
     return Tile(lanes=lanes, vectors=nv, rows=mr,
                 unroll_reduction=a.kind in ("depthwise", "conv") and window <= 32,
-                channels_outer=weights > data and a.kind != "depthwise",
-                parallel=unit.parallel and work * window >= 4096)
+                channels_outer=streamed and a.kind != "depthwise", parallel=parallel)
