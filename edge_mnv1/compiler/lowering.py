@@ -14,11 +14,15 @@ import tvm.tirx as tirx
 import tvm.s_tir as s_tir
 
 from edge_mnv1 import log
-from edge_mnv1.compiler import cpu_intrinsics, schedules
+from edge_mnv1.compiler import cpu_intrinsics, input_transpose, schedules
 from edge_mnv1.compiler.integer import options_for as integer_options
 from edge_mnv1.compiler.integer_arm_m import EXTERN_ATTR
 from edge_mnv1.compiler.schedules.anatomy import inline_all
 from edge_mnv1.compiler.tvm_target import vector_unit
+
+
+_FOLD_INPUT_TRANSPOSE = tvm.ir.transform.module_pass(
+    lambda mod, _ctx: input_transpose.fold(mod), opt_level=0, name="FoldInputTranspose")
 
 
 def layout_for(target, integer: bool) -> tuple[str, bool]:
@@ -48,6 +52,8 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, fold_constants: bool = Tr
         relax.transform.AnnotateTIROpPattern(),
         *([relax.transform.FoldConstant()] if fold_constants else []),
         relax.transform.FuseOps(),
+        # fp32, channels-last: the image's transpose inside the first conv (input_transpose).
+        *([_FOLD_INPUT_TRANSPOSE] if layout == "NHWC" and fold_constants else []),
         relax.transform.FuseTIR(),
         # Kernels of constants alone (an integer graph's unfused casts of requantization
         # constants) run now: prepack_weights folds constants later, and the calls must not
