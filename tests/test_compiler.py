@@ -158,6 +158,11 @@ def test_mobilenet_1_0_224_host_and_rpi4(untrained_onnx_factory, tmp_path, monke
         # Host: the committed records apply and their kernels read weights prepacked at
         # compile time. rpi4 (channels last; its committed records are channels-first):
         # the default schedules prepack their weights into panels too.
+        # The host fuses its three stride-1 depthwise convs with outputs over 512 KB into
+        # the pointwise kernels after them (targets/host.toml: fuse_depthwise); rpi4 does not.
+        kernels = [k["kernel"] for k in json.loads((art / "manifest.json").read_text())["kernels"]]
+        fused = [k for k in kernels if k.startswith("fused_dw_pw_")]
+        assert len(fused) == (3 if target == "host" else 0), kernels
         if target == "host":
             assert r["tuning_applied"] > 0
         assert json.loads((art / "manifest.json").read_text())["layout"]["prepacked_weights"] > 0

@@ -166,3 +166,31 @@ def test_tile_accumulators_are_on_the_stack(kernels):
     # A 112x112 pointwise layer of 64 outputs on AVX-512: the largest tile under 1 KB.
     nv, mr = tiling._best(vector_unit(tvm.target.Target(AVX512)), 16, 64, 112, 4, spare=1)
     assert nv * mr == 14 and nv * mr * 16 * tiling.ACC_BYTES < tiling.STACK_BYTES
+
+
+def test_depthwise_fused_with_the_pointwise_after_it(monkeypatch):
+    """dw_pw_fusion merges the stride-1 depthwise conv with the pointwise one reading it
+    (above a size, here 0) and leaves the stride-2 one apart; the fused kernel's default
+    schedule (row by row) computes what the plain default does."""
+    from edge_mnv1.compiler import dw_pw_fusion
+    from edge_mnv1.compiler.schedules import dw_pw
+
+    monkeypatch.setattr(dw_pw_fusion, "MIN_BYTES", 0)
+    target = tvm.target.Target(AVX512)
+    fused = lowering.fuse(_mini_net(), target, layout="NHWC", prepack=True, fuse_depthwise=True)
+    names = list(lowering.kernels(fused))
+    merged = [n for n in names if n.startswith("fused_dw_pw_")]
+    assert len(merged) == 1, names
+    # The stride-2 depthwise conv (16 channels) is still a kernel of its own.
+    made = {n: schedules.apply(f, vector_unit(target)) for n, f in lowering.kernels(fused).items()}
+    assert [m.kind for m in made.values() if m].count("depthwise") == 1
+    func = lowering.kernels(fused)[merged[0]]
+    got = made[merged[0]]
+    assert got is not None and got.kind == dw_pw.KIND and got.prepacked
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal([int(d) for d in p.shape]).astype(p.dtype)
+              for p in func.params]
+    want = _run(lowering.default_schedule(func), _host(), inputs)
+    np.testing.assert_allclose(_run(got.func, _host(), inputs), want, rtol=1e-5, atol=1e-5)
+    unfused = lowering.fuse(_mini_net(), target, layout="NHWC", prepack=True)
+    assert not [n for n in lowering.kernels(unfused) if n.startswith("fused_dw_pw_")]

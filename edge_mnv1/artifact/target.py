@@ -41,6 +41,8 @@ _TVM = {
                         "in a blocked layout of their own"),
     "features": (list, False, 'a list naming the CPU\'s integer kernels: ["dsp"] (Armv7E-M '
                  'SMLAD) or ["mve"] (Helium); docs/int8.md'),
+    "fuse_depthwise": (bool, False, "true or false: fp32 channels-last depthwise convs fused "
+                       "with the pointwise conv after them (docs/performance.md)"),
 }
 _BUILD = {
     "toolchain": (str, False, "a CMake toolchain file relative to targets/"),
@@ -103,6 +105,10 @@ class Target:
     @property
     def prepack_weights(self) -> bool:
         return bool(self.tvm.get("prepack_weights", False))
+
+    @property
+    def fuse_depthwise(self) -> bool:
+        return bool(self.tvm.get("fuse_depthwise", False))
 
     def toolchain_file(self) -> Path | None:
         tc = self.build.get("toolchain")

@@ -178,7 +178,8 @@ def lower(source: Source, resolved: ResolvedTarget, use_records: bool,
     relax_mod = float_arm_m.rewrite(source.relax, resolved.target) if float_arm_m.applies(
         resolved.target, source.is_integer) else source.relax    # fp32 C kernels on Cortex-M
     fused = lowering.fuse(relax_mod, resolved.tvm_target, fold_constants=not source.is_integer,
-                          layout=layout, prepack=prepack)
+                          layout=layout, prepack=prepack,
+                          fuse_depthwise=resolved.target.fuse_depthwise)
     # MACs are read off the graph before records change the weights' layout.
     imported = graph.extract(fused)
     key = records.model_key(source.meta, source.shape, source.dtype, source.path.read_bytes(),

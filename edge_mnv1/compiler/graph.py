@@ -67,7 +67,11 @@ def _macs(args: list[TensorInfo]) -> int:
     # The largest: integer kernels also take per-channel requantization constants.
     w = max(weights, key=lambda t: int(np.prod(t.shape, dtype=np.int64)))
     cout = w.shape[0] if len(w.shape) == 4 else w.shape[-1]
-    return int(np.prod(out.shape, dtype=np.int64)) * int(np.prod(w.shape, dtype=np.int64)) // cout
+    pixels = int(np.prod(out.shape, dtype=np.int64)) // cout
+    # A depthwise conv fused in before the pointwise one (dw_pw_fusion: stride 1, so the
+    # same pixels) adds its own: its weight is (C, 3, 3, 1).
+    fused = [t for t in weights if t is not w and len(t.shape) == 4 and t.shape[1:] == (3, 3, 1)]
+    return pixels * sum(int(np.prod(t.shape, dtype=np.int64)) for t in [w, *fused])
 
 
 def extract(mod: tvm.IRModule) -> Program:

@@ -14,7 +14,7 @@ import tvm.tirx as tirx
 import tvm.s_tir as s_tir
 
 from edge_mnv1 import log
-from edge_mnv1.compiler import cpu_intrinsics, input_transpose, schedules
+from edge_mnv1.compiler import cpu_intrinsics, dw_pw_fusion, input_transpose, schedules
 from edge_mnv1.compiler.integer import options_for as integer_options
 from edge_mnv1.compiler.integer_arm_m import EXTERN_ATTR
 from edge_mnv1.compiler.schedules.anatomy import inline_all
@@ -23,6 +23,10 @@ from edge_mnv1.compiler.tvm_target import vector_unit
 
 _FOLD_INPUT_TRANSPOSE = tvm.ir.transform.module_pass(
     lambda mod, _ctx: input_transpose.fold(mod), opt_level=0, name="FoldInputTranspose")
+
+
+_FUSE_DW_PW = tvm.ir.transform.module_pass(
+    lambda mod, _ctx: dw_pw_fusion.fuse(mod), opt_level=0, name="FuseDepthwisePointwise")
 
 
 def layout_for(target, integer: bool) -> tuple[str, bool]:
@@ -36,7 +40,8 @@ def layout_for(target, integer: bool) -> tuple[str, bool]:
 
 
 def fuse(mod: tvm.IRModule, target: tvm.target.Target, fold_constants: bool = True,
-         layout: str = "NCHW", prepack: bool = False) -> tvm.IRModule:
+         layout: str = "NCHW", prepack: bool = False, fuse_depthwise: bool = False
+         ) -> tvm.IRModule:
     """fold_constants=False keeps casts of constants (the integer path's int32 multipliers
     widened to int64) inside the kernels instead of storing the widened constants.
 
@@ -44,7 +49,9 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, fold_constants: bool = Tr
     (the channels a pointwise conv reduces over and a depthwise conv vectorizes over become
     contiguous). prepack=True marks every kernel's constant arguments layout-free, so that a
     tuned schedule may ask for its weights in a blocked layout of its own (`prepack_weights`
-    then rewrites the constants at compile time)."""
+    then rewrites the constants at compile time). fuse_depthwise (fp32, channels-last): each
+    large stride-1 depthwise conv in one kernel with the pointwise one after it
+    (dw_pw_fusion)."""
     passes = [
         *([relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})]
           if layout == "NHWC" else []),
@@ -54,6 +61,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, fold_constants: bool = Tr
         relax.transform.FuseOps(),
         # fp32, channels-last: the image's transpose inside the first conv (input_transpose).
         *([_FOLD_INPUT_TRANSPOSE] if layout == "NHWC" and fold_constants else []),
+        *([_FUSE_DW_PW] if layout == "NHWC" and fold_constants and fuse_depthwise else []),
         relax.transform.FuseTIR(),
         # Kernels of constants alone (an integer graph's unfused casts of requantization
         # constants) run now: prepack_weights folds constants later, and the calls must not

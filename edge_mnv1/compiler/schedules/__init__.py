@@ -18,7 +18,7 @@ import tvm.s_tir as s_tir
 import tvm.tirx as tirx
 
 from edge_mnv1 import log
-from edge_mnv1.compiler.schedules import blocked, int8_kernels, prepack, tiling
+from edge_mnv1.compiler.schedules import blocked, dw_pw, int8_kernels, prepack, tiling
 from edge_mnv1.compiler.schedules.anatomy import analyse, inline_all
 from edge_mnv1.compiler.tvm_target import VectorUnit
 
@@ -36,6 +36,9 @@ def apply(func: tirx.PrimFunc, unit: VectorUnit,
     made = int8_kernels.apply(func, unit)   # an integer kernel on the CPU's own instructions
     if made is not None:
         return Scheduled(made[0], f"{made[1]}-int8", True)
+    fused = dw_pw.apply(func, unit, new_schedule)  # depthwise + pointwise, tile by tile
+    if fused is not None:
+        return Scheduled(fused[0], dw_pw.KIND, fused[1])
     sch = new_schedule(func)
     inline_all(sch)
     anatomy = analyse(sch, func)

@@ -57,13 +57,22 @@ def _vars(expr) -> set:
     return set(tirx.analysis.undefined_vars(expr, []))
 
 
-def analyse(sch: s_tir.Schedule, func: tirx.PrimFunc) -> Anatomy | None:
-    """None when the kernel is not one of the classes the default schedules know."""
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    reductions = [b for b in blocks if any(iv.iter_type == REDUCE for iv in sch.get(b).iter_vars)]
-    if len(reductions) != 1 or len(blocks) > 2 or blocks[0] != reductions[0]:
-        return None
-    block = reductions[0]
+def reductions(sch: s_tir.Schedule, blocks=None) -> list:
+    blocks = sch.get_child_blocks(sch.get_sblock("root")) if blocks is None else blocks
+    return [b for b in blocks if any(iv.iter_type == REDUCE for iv in sch.get(b).iter_vars)]
+
+
+def analyse(sch: s_tir.Schedule, func: tirx.PrimFunc, part=None) -> Anatomy | None:
+    """None when the kernel is not one of the classes the default schedules know. `part`:
+    (reduction, its epilogue) of a kernel of several (schedules/dw_pw.py), whose data may
+    be an intermediate buffer of the kernel rather than a parameter."""
+    if part is None:
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        found = reductions(sch, blocks)     # (no schedule call of its own: seeds' traces)
+        if len(found) != 1 or len(blocks) > 2 or blocks[0] != found[0]:
+            return None
+        part = (found[0], blocks[1] if len(blocks) == 2 else None)
+    block, epilogue = part
     node = sch.get(block)
     ivars = list(node.iter_vars)
     if len(sch.get_loops(block)) != len(ivars):
@@ -83,7 +92,7 @@ def analyse(sch: s_tir.Schedule, func: tirx.PrimFunc) -> Anatomy | None:
         return None
     extents = [int(iv.dom.extent) for iv in ivars]
     inputs = [r for r in node.reads if not r.source.same_as(out.source)]
-    common = dict(block=block, epilogue=blocks[1] if len(blocks) == 2 else None,
+    common = dict(block=block, epilogue=epilogue,
                   extents=extents, spatial=spatial, reduce=reduce, vector=spatial[-1])
     if len(inputs) == 1:
         return Anatomy(kind="pool", row=None, channel=None, weight=None, weight_dims=[],
@@ -97,8 +106,9 @@ def _contraction(func, inputs, pos, common) -> Anatomy | None:
     """Data and weight: the data is the earlier parameter (Relax passes an operator's
     activation first); the weight is indexed by plain iterators only."""
     params = list(func.params)          # the kernel's argument buffers
-    order = [next((i for i, b in enumerate(params) if b.same_as(r.source)), None) for r in inputs]
-    if None in order:
+    # An intermediate buffer (a fused kernel's) counts as the earliest: it is the data.
+    order = [next((i for i, b in enumerate(params) if b.same_as(r.source)), -1) for r in inputs]
+    if order.count(-1) > 1:
         return None
     data, weight = (inputs[0], inputs[1]) if order[0] < order[1] else (inputs[1], inputs[0])
     weight_dims = []

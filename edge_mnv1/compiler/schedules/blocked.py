@@ -29,8 +29,12 @@ from edge_mnv1.compiler.schedules.tiling import Tile
 ACC_SCOPE = "global"
 
 
-def apply(sch: s_tir.Schedule, a: Anatomy, tile: Tile, layout_free: bool) -> bool:
-    """Returns whether it asked for the weights in panels."""
+def apply(sch: s_tir.Schedule, a: Anatomy, tile: Tile, layout_free: bool,
+          inside: int = 0) -> bool:
+    """Returns whether it asked for the weights in panels. inside: how many of the innermost
+    tile loops (pixel tiles along the row, then weight panels) stay loops of their own
+    under the parallel one instead of being fused into it; with panels innermost, a
+    producer computed at the parallel loop then serves all of them (dw_pw.py)."""
     if a.epilogue is None:
         a.epilogue = sch.cache_write(a.block, 0, ACC_SCOPE)
     else:
@@ -51,15 +55,17 @@ def apply(sch: s_tir.Schedule, a: Anatomy, tile: Tile, layout_free: bool) -> boo
     inner = [lp for lp in (x_reg, v_reg) if lp is not None]
     sch.reorder(*outer, *reduction, *inner, v_lane)
     sch.reverse_compute_at(a.epilogue, outer[-1], preserve_unit_loops=False)
+    lead = 1 + inside           # loops above the epilogue's and the init's own
+    outer = outer[:len(outer) - inside]
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     if tile.parallel:
         sch.parallel(fused)
     for lp in inner + (reduction if tile.unroll_reduction else []):
         sch.unroll(lp)
     sch.vectorize(v_lane)
-    vectorize_tail(sch, a.epilogue, tile.lanes)
+    vectorize_tail(sch, a.epilogue, tile.lanes, lead)
     # After the loops are annotated (an update block alone is not a reduction to vectorize).
-    vectorize_tail(sch, sch.decompose_reduction(a.block, reduction[0]), tile.lanes)
+    vectorize_tail(sch, sch.decompose_reduction(a.block, reduction[0]), tile.lanes, lead)
 
     dim = _weight_dim(a)
     packed = layout_free and dim is not None

@@ -39,7 +39,7 @@ def _divisors(n: int, limit: int) -> list[int]:
     return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
 
 
-def _lanes(unit: VectorUnit, extent: int) -> int:
+def lanes_for(unit: VectorUnit, extent: int) -> int:
     """The widest power-of-two vector not wider than the unit's that divides the axis."""
     lanes = unit.lanes
     while lanes > 1 and extent % lanes:
@@ -70,7 +70,7 @@ def choose(a: Anatomy, unit: VectorUnit) -> Tile | None:
     window = 1
     for i in a.reduce:
         window *= a.extents[i]
-    lanes = _lanes(unit, vec_extent)
+    lanes = lanes_for(unit, vec_extent)
     if a.kind == "conv" and a.vector != a.channel:
         # Channels-first, the first conv's vector along the output row is a stride-2 gather
         # with a padding condition per lane, which LLVM scalarizes: register blocking alone

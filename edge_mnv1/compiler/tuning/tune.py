@@ -212,7 +212,7 @@ def tune(model_path: str | Path, target: Target, *, trials: int, minutes: float,
              f"{remaining} to go (budget {trials} trials, {minutes:g} min)")
 
     fused = lowering.fuse(relax_mod, resolved.tvm_target, fold_constants=int_model is None,
-                          layout=layout, prepack=prepack)
+                          layout=layout, prepack=prepack, fuse_depthwise=target.fuse_depthwise)
     tasks = ms.relax_integration.extract_tasks(fused, resolved.tvm_target)
     if not tasks:
         raise UsageError("no tunable kernels found in the model")
