@@ -84,8 +84,8 @@ def merge(mod: tvm.IRModule, name: str, first: relax.VarBinding, second: relax.V
             mid = _emit_calls(bb, mod, first.value, params[:n_first], last=False)
             out = _emit_calls(bb, mod, second.value, [mid, *params[n_first:]], last=True)
         bb.emit_func_output(out)
-    gv = bb.get().get_global_var(name)
-    return bb.get(), relax.VarBinding(second.var, relax.Call(gv, outer))
+    out = bb.get()
+    return out, relax.VarBinding(second.var, relax.Call(out.get_global_var(name), outer))
 
 
 def with_main_bindings(mod: tvm.IRModule, bindings: list) -> tvm.IRModule:

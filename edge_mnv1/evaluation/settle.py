@@ -19,7 +19,7 @@ from edge_mnv1 import log
 from edge_mnv1.artifact.build import build_program
 from edge_mnv1.artifact.target import Target
 from edge_mnv1.compiler.driver import compile_artifact, finish_manifest
-from edge_mnv1.compiler.tuning import records, settled
+from edge_mnv1.compiler.tuning import settled
 from edge_mnv1.device.connect import open_device
 from edge_mnv1.evaluation.profile import profile_device
 
@@ -37,13 +37,12 @@ def reserve_seconds(minutes: float) -> float:
     return min(90.0, 0.1 * minutes * 60) if minutes >= 5 else 0.0
 
 
-def settle(model: Path, target: Target, rec_dir: Path, deadline: float) -> dict:
-    """Measures and writes the verdicts; returns what was done (and why not, if the budget
-    ran out first)."""
+def settle(model: Path, target: Target, rec_dir: Path, on_file: int, deadline: float) -> dict:
+    """Measures the records on file (`on_file` of them, as `tune` left the database) and
+    writes the verdicts; returns what was done (and why not, if the budget ran out first)."""
     t0 = time.time()
     if deadline - t0 < MIN_SECONDS:
         return _skipped(t0, f"{max(deadline - t0, 0):.0f} s of the budget left")
-    on_file = records.repair_database(rec_dir)
     with tempfile.TemporaryDirectory(prefix="edge-mnv1-settle-") as tmp:
         arts = {}
         for label, use_records in (("records", True), ("defaults", False)):
@@ -57,7 +56,6 @@ def settle(model: Path, target: Target, rec_dir: Path, deadline: float) -> dict:
         covered = arts["records"].manifest["tuning"]["applied"]
         if not covered:
             return _skipped(t0, "no record applies to the program")
-        _unpin()
         times = {label: [] for label in arts}
         rounds = 0
         while rounds < ROUNDS and (rounds == 0 or time.time() < deadline):
@@ -72,24 +70,12 @@ def settle(model: Path, target: Target, rec_dir: Path, deadline: float) -> dict:
             "runs": RUNS,
             "kernels": kernels}
     path = settled.write(rec_dir, data)
-    lost = settled.losers(dict(data, kernels={k: (v["record_ms"], v["default_ms"])
-                                              for k, v in kernels.items()}))
+    lost = settled.losers(settled.verdicts(kernels))
     log.info(f"tune: in the whole program ({rounds} rounds), {len(lost)} of {len(kernels)} "
              f"records lost to their default and compile will use the default there"
              + (": " + ", ".join(lost) if lost else "") + f" ({path})")
     return {"settled": True, "rounds": rounds, "defaults_kept": lost,
             "seconds": round(time.time() - t0, 1), "file": str(path)}
-
-
-def _unpin() -> None:
-    """The programs run with this thread's CPU affinity. TVM's thread pool may have pinned it
-    to one core while the builds ran kernels on constants; a program started from it would
-    then run its two threads on that core (seen: every kernel of one build 2x slower)."""
-    pinned = os.sched_getaffinity(0)
-    everything = set(range(os.cpu_count() or 1))
-    if pinned != everything:
-        log.info(f"tune: CPU affinity was {sorted(pinned)}; timing the programs on all CPUs")
-        os.sched_setaffinity(0, everything)
 
 
 def _per_kernel(profile: dict) -> dict[str, float]:

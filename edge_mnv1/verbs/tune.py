@@ -35,15 +35,13 @@ def run(args) -> dict:
         raise UsageError("give either --rpc or --tracker, not both")
     from edge_mnv1.compiler.tuning.icount_runner import NOMINAL_HZ
     from edge_mnv1.compiler.tuning.tune import measures_here, tune
+    from edge_mnv1.evaluation.settle import reserve_seconds
 
     target = load_target(args.target)
     settle = not args.no_settle and measures_here(target, args.rpc, args.tracker, args.measure)
-    if settle:
-        from edge_mnv1.evaluation.settle import reserve_seconds
-    reserve = reserve_seconds(args.minutes) if settle else 0.0
     r = tune(args.model, target, trials=args.trials, minutes=args.minutes, rpc=args.rpc,
              tracker=args.tracker, key=args.key, seed=args.seed, measure=args.measure,
-             reserve_seconds=reserve)
+             reserve_seconds=reserve_seconds(args.minutes) if settle else 0.0)
     if settle:
         r["settle"] = _settle(args, target, r)
     r["text"] = (f"tuned {r['model_key']} for {r['cpu_key']}: {r['trials_after']} trials on record "
@@ -63,6 +61,6 @@ def _settle(args, target, r: dict) -> dict:
     from edge_mnv1.evaluation.settle import settle
 
     deadline = time.time() + args.minutes * 60 - r["seconds"]
-    out = settle(Path(args.model), target, Path(r["records_dir"]), deadline)
+    out = settle(Path(args.model), target, Path(r["records_dir"]), r["trials_after"], deadline)
     r["seconds"] = round(r["seconds"] + out["seconds"], 1)
     return out

@@ -43,15 +43,20 @@ def write(rec_dir: Path, data: dict) -> Path:
     return path
 
 
-def read(rec_dir: Path) -> dict | None:
+def verdicts(kernels: dict) -> list[transfer.Verdict]:
+    """The file's `kernels` table as transfer's verdicts (same margin)."""
+    return [transfer.Verdict(k, float(v["record_ms"]), float(v["default_ms"]))
+            for k, v in kernels.items()]
+
+
+def read(rec_dir: Path) -> list[transfer.Verdict] | None:
     """The verdicts if they are on file and hold for the records on file, else None."""
     path = Path(rec_dir) / FILE
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
-        kernels = {k: (float(v["record_ms"]), float(v["default_ms"]))
-                   for k, v in data["kernels"].items()}
+        found = verdicts(data["kernels"])
         measured_with = int(data["records"])
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         log.info(f"compile: ignoring {path}: not a verdicts file this version wrote ({err}); "
@@ -63,25 +68,20 @@ def read(rec_dir: Path) -> dict | None:
                  "file now: every record is used as measured alone until `edge-mnv1 tune` "
                  "measures the program again")
         return None
-    return dict(data, kernels=kernels)
+    return found
 
 
-def losers(data: dict) -> list[str]:
-    return sorted(k for k, (rec, dflt) in data["kernels"].items()
-                  if not transfer.Verdict(k, rec, dflt).keep_record)
+def losers(found: list[transfer.Verdict]) -> list[str]:
+    return sorted(v.kernel for v in found if not v.keep_record)
 
 
 def fall_back(tuned: tvm.IRModule, fused: tvm.IRModule, rec_dir: Path, applied: list[str]
               ) -> tuple[tvm.IRModule, list[str], list[str]]:
     """(module, kernels a record still covers, kernels put back on their default because their
     record lost in the program)."""
-    data = read(rec_dir)
-    if data is None:
-        return tuned, applied, []
-    lost = [k for k in losers(data) if k in applied]
-    for k in lost:
-        rec, dflt = data["kernels"][k]
-        log.info(f"compile: {k}: record {rec:.4f} ms, default {dflt:.4f} ms in the whole "
-                 f"program ({FILE}) -> default")
-    verdicts = [transfer.Verdict(k, *data["kernels"][k]) for k in lost]
-    return transfer.fall_back(tuned, fused, verdicts), sorted(set(applied) - set(lost)), lost
+    lost = [v for v in read(rec_dir) or [] if not v.keep_record and v.kernel in applied]
+    for v in lost:
+        log.info(f"compile: {v.kernel}: record {v.record_ms:.4f} ms, default {v.default_ms:.4f}"
+                 f" ms in the whole program ({FILE}) -> default")
+    names = sorted(v.kernel for v in lost)
+    return transfer.fall_back(tuned, fused, lost), sorted(set(applied) - set(names)), names
